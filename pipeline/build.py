@@ -1,0 +1,184 @@
+"""`mechscope build`: model + corpus -> a complete store, or nothing.
+
+The orchestrator owns batching, progress, checkpoints and writing; it holds no maths (that is
+`pipeline/stats/` and `pipeline/analysis/`). Order of work:
+1. validate everything a user can get wrong (output folder, corpus, model) before the long pass;
+2. one streaming pass over the corpus windows, checkpointing the accumulators now and then so
+   that `--resume` continues a killed build and ends with the same store;
+3. finalize: accumulator tables, weight-only analyses, a second cheap pass over the tokenized
+   corpus for the `documents` and `tokens` tables, and the manifest — committed atomically by
+   `store.StoreWriter` (a killed build leaves no store, never a half one).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import corpus as corpora
+from pipeline.analysis import neuron_weight_columns
+from pipeline.harvest import NeuronHarvest
+from pipeline.progress import Progress
+from pipeline.stats import StatsConfig
+from pipeline.stats import bins as hist_bins
+from pipeline.tables import agreement_column, write_corpus_tables
+from pipeline.windows import iter_windows
+from store import StoreWriter
+
+CHECKPOINT = "checkpoint/state.pt"
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    model: str
+    corpus: str
+    max_tokens: int | None
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    batch_size: int = 8
+    dtype: str = "float32"
+
+    def identity(self) -> dict:
+        """What must match for a checkpoint to be resumed (batch size and device may change)."""
+        d = asdict(self)
+        d.pop("batch_size")
+        return d
+
+
+def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: bool = False,
+          checkpoint_every_s: float = 120.0, progress: bool = True, stop_after_windows: int | None = None,
+          ) -> Path:
+    """Build a store at `out`. `stop_after_windows` (tests) writes a checkpoint and raises
+    `BuildInterrupted` after that many windows, as if the process had been killed."""
+    writer = StoreWriter(out, resume=resume)
+    try:
+        corpora.check_corpus(params.corpus)
+        from pipeline.models import load_model
+
+        model = load_model(params.model, device=device, dtype=getattr(torch, params.dtype))
+    except Exception:
+        if not resume:
+            writer.abort()
+        raise
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    harvest = NeuronHarvest(model, params.stats)
+    start_window, tokens_done, elapsed_before = _restore(writer.work_dir, params, harvest) if resume else (0, 0, 0.0)
+
+    n_windows = None if params.max_tokens is None else params.max_tokens // params.stats.seq_len
+    bar = Progress(total_tokens=None if n_windows is None else n_windows * params.stats.seq_len,
+                   done_tokens=tokens_done, enabled=progress)
+    last_save = time.monotonic()
+    next_window = start_window
+    windows = iter_windows(corpora.iter_documents(params.corpus), model.tokenizer, model.bos_token_id,
+                           params.stats.seq_len, params.max_tokens, params.batch_size,
+                           start_window=start_window)
+    for batch in windows:
+        harvest.process(int(batch.seq_ids[0]), batch.token_ids, batch.doc_ids < 0)
+        next_window = int(batch.seq_ids[-1]) + 1
+        tokens_done += batch.token_ids.size
+        bar.update(batch.token_ids.size)
+        if stop_after_windows is not None and next_window >= stop_after_windows:
+            _save(writer.work_dir, params, harvest, next_window, tokens_done, elapsed_before)
+            bar.close()
+            raise BuildInterrupted(next_window)
+        if time.monotonic() - last_save > checkpoint_every_s:
+            _save(writer.work_dir, params, harvest, next_window, tokens_done,
+                  elapsed_before + time.perf_counter() - started)
+            last_save = time.monotonic()
+    bar.close()
+    if next_window == 0:
+        if not resume:
+            writer.abort()
+        raise corpora.CorpusError(
+            f"corpus {params.corpus!r} has fewer than seq_len={params.stats.seq_len} tokens: nothing to build"
+        )
+    timings["harvest_s"] = elapsed_before + time.perf_counter() - started
+
+    t = time.perf_counter()
+    tables = harvest.finalize()
+    neurons = tables["neurons"]
+    neurons.update(neuron_weight_columns(model))
+    timings["weights_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    top_pos, _ = harvest.top.top_positions()
+    corpus_facts = write_corpus_tables(writer, params, model, n_windows=next_window, top_positions=top_pos)
+    neurons["kv_agreement_frac"] = agreement_column(
+        corpus_facts.pop("next_token_ids"), neurons["kv_top_token_ids"]
+    )
+    timings["corpus_tables_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    n_layers, d_mlp = model.n_layers, model.d_mlp
+    neurons["layer"] = np.repeat(np.arange(n_layers, dtype=np.int16), d_mlp)
+    neurons["neuron"] = np.tile(np.arange(d_mlp, dtype=np.int32), n_layers)
+    for name in ("neurons", "neuron_examples", "activations"):
+        writer.write_table(name, _to_arrow(name, tables[name]))
+    timings["write_s"] = time.perf_counter() - t
+    timings["total_s"] = elapsed_before + time.perf_counter() - started
+
+    manifest = {
+        "model": model.describe(),
+        "corpus": {**corpora.describe_corpus(params.corpus), **corpus_facts},
+        "build": {**asdict(params), "device": device, "n_windows": next_window,
+                  "n_tokens": next_window * params.stats.seq_len},
+        "records_per_neuron": params.stats.records,
+        "histogram": {**hist_bins.describe(), "sample_fraction": 1 / 2**params.stats.hist_sample_shift},
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "tokens_per_s": round(next_window * params.stats.seq_len / max(timings["harvest_s"], 1e-9), 1),
+    }
+    return writer.commit(manifest)
+
+
+class BuildInterrupted(Exception):
+    def __init__(self, next_window: int):
+        super().__init__(f"build stopped after window {next_window}; continue with --resume")
+        self.next_window = next_window
+
+
+def _to_arrow(name: str, columns: dict):
+    import pyarrow as pa
+
+    from store.schema import table
+
+    schema = table(name).arrow_schema()
+    return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
+
+
+def _save(work_dir: Path, params: BuildParams, harvest: NeuronHarvest, next_window: int,
+          tokens_done: int, elapsed: float) -> None:
+    """Write the checkpoint atomically: a kill mid-write leaves the previous one intact."""
+    path = Path(work_dir) / CHECKPOINT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"identity": params.identity(), "next_window": next_window, "tokens_done": tokens_done,
+                "elapsed_s": elapsed, "harvest": harvest.state_dict()}, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _restore(work_dir: Path, params: BuildParams, harvest: NeuronHarvest) -> tuple[int, int, float]:
+    path = Path(work_dir) / CHECKPOINT
+    if not path.exists():
+        return 0, 0, 0.0  # killed before the first checkpoint: start over inside the same folder
+    state = torch.load(path, map_location=harvest.model.device, weights_only=True)
+    if state["identity"] != params.identity():
+        from store import StoreError
+
+        raise StoreError(
+            f"cannot resume: the unfinished build in '{work_dir}' used different parameters "
+            f"({_diff(state['identity'], params.identity())}); delete that folder to start over"
+        )
+    harvest.load_state_dict(state["harvest"])
+    return state["next_window"], state["tokens_done"], state["elapsed_s"]
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys)

@@ -1,0 +1,201 @@
+"""The `mechscope` command line: build, info, verify, query, serve, demo.
+
+Imports are lazy: `info`, `verify` and `query` never load torch. Every mistake a user can make
+ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+DEMO_MODEL = "smollm2-135m"
+DEMO_CORPUS = "wiki-vital"
+DEMO_TOKENS = 65_536  # ~512 windows: the harvest takes ~3 minutes on 2 cores (see README)
+EXIT_USER = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + line
+        self.exit(EXIT_USER, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(text: str) -> int:
+    """A positive token count: 5000, 5_000, 64k, 1.5M."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?|\d{1,3}(?:_\d{3})+)\s*([kKmMgG]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a token count (e.g. 50000, 64k, 1M)")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}[m.group(2).lower()]
+    value = int(float(m.group(1).replace("_", "")) * scale)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of tokens")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mechscope", description="Neuron catalogues for GPT-2-style models, offline.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    b = sub.add_parser("build", help="run a model over a corpus and write a store")
+    b.add_argument("--model", required=True, help="smollm2-135m, gpt2-random, tiny-gpt2, a HF id or folder")
+    b.add_argument("--corpus", required=True, help="wiki-vital, a .txt/.jsonl/.parquet file or folder, hf:NAME")
+    b.add_argument("--max-tokens", type=_count, default=None, help="tokens to read (windows x seq-len)")
+    b.add_argument("--out", required=True, help="new (or empty) folder for the store")
+    b.add_argument("--seq-len", type=_positive, default=128)
+    b.add_argument("--batch-size", type=_positive, default=8)
+    b.add_argument("--top-k", type=_positive, default=20)
+    b.add_argument("--records", type=_positive, default=256, help="activation records per neuron")
+    b.add_argument("--hist-sample", type=int, choices=(1, 2, 4, 8, 16), default=4,
+                   help="histograms and band samples see 1 in N positions (by position hash)")
+    b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    b.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    b.add_argument("--resume", action="store_true", help="continue a killed build from its checkpoint")
+    b.add_argument("--no-progress", action="store_true")
+
+    for name, text in (("info", "summarise a store"), ("verify", "check a store's checksums and schema")):
+        sub.add_parser(name, help=text).add_argument("store")
+
+    q = sub.add_parser("query", help="run one read-only SQL query over a store")
+    q.add_argument("store")
+    q.add_argument("sql")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.add_argument("--max-rows", type=_positive, default=10_000)
+
+    s = sub.add_parser("serve", help="open the dashboard on a store or a folder of stores")
+    s.add_argument("store")
+    s.add_argument("--port", type=_positive, default=8501)
+    s.add_argument("--host", default="127.0.0.1")
+
+    d = sub.add_parser("demo", help=f"build {DEMO_MODEL} x {DEMO_CORPUS} if missing, then serve it")
+    d.add_argument("--dir", default=os.environ.get("MECHSCOPE_DEMO_DIR", "stores/demo"))
+    d.add_argument("--max-tokens", type=_count, default=DEMO_TOKENS)
+    d.add_argument("--port", type=_positive, default=8501)
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--no-serve", action="store_true", help="build only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from store import StoreError
+
+    user_errors: tuple[type[BaseException], ...] = (StoreError,)
+    if args.command in ("build", "demo"):
+        from pipeline.build import BuildInterrupted
+        from pipeline.corpus import CorpusError
+        from pipeline.models import ModelError
+
+        user_errors += (CorpusError, ModelError, BuildInterrupted)
+    try:
+        return _COMMANDS[args.command](args)
+    except user_errors as e:
+        print(f"mechscope {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        hint = "; continue with --resume" if args.command == "build" else ""
+        print(f"mechscope {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+def _build(args) -> int:
+    from pipeline.build import BuildParams, build
+    from pipeline.stats import StatsConfig
+
+    stats = StatsConfig(seq_len=args.seq_len, top_k=args.top_k, records=max(args.records, args.top_k),
+                        hist_sample_shift=args.hist_sample.bit_length() - 1)
+    params = BuildParams(model=args.model, corpus=args.corpus, max_tokens=args.max_tokens, stats=stats,
+                         batch_size=args.batch_size, dtype=args.dtype)
+    out = build(params, args.out, device=args.device, resume=args.resume, progress=not args.no_progress)
+    print(_summary(out))
+    return 0
+
+
+def _summary(path) -> str:
+    from store import open_store
+
+    store = open_store(path)
+    m = store.manifest
+    lines = [
+        f"store      {store.path}",
+        f"model      {m['model'].get('name')}  ({m['model'].get('n_layers')} layers x {m['model'].get('d_mlp')} neurons)",
+        f"corpus     {m['corpus'].get('spec')}  ({m['build']['n_tokens']:,} tokens, {m['corpus'].get('n_documents', '?')} documents)",
+        f"built      {m.get('created_at', '?')}  harvest {m['timings']['harvest_s']:.1f}s, {m.get('tokens_per_s', 0):,.0f} tok/s",
+        "tables     " + ", ".join(f"{t} {v['rows']:,}" for t, v in m["tables"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def _info(args) -> int:
+    print(_summary(args.store))
+    return 0
+
+
+def _verify(args) -> int:
+    from store import verify_store
+
+    problems = verify_store(args.store)
+    for p in problems:
+        print(f"FAIL  {p}")
+    if problems:
+        return 1
+    print(f"OK  {args.store}: checksums, row counts, schema and sort order match the manifest")
+    return 0
+
+
+def _query(args) -> int:
+    from store import open_store
+    from store.format import format_result
+    from store.sqlguard import run_user_query
+
+    result = run_user_query(open_store(args.store), args.sql, max_rows=args.max_rows)
+    sys.stdout.write(format_result(result.table, args.format))
+    if result.truncated:
+        print(f"(first {args.max_rows:,} rows shown)", file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> int:
+    from dashboard.serve import serve
+
+    return serve(Path(args.store), host=args.host, port=args.port)
+
+
+def _demo(args) -> int:
+    from store import StoreError, open_store
+
+    path = Path(args.dir)
+    try:
+        open_store(path)
+        print(f"demo store already built: {path}")
+    except StoreError:
+        from pipeline.build import BuildParams, build
+
+        resume = Path(f"{path}.partial").exists()
+        params = BuildParams(model=DEMO_MODEL, corpus=DEMO_CORPUS, max_tokens=args.max_tokens)
+        build(params, path, resume=resume)
+        print(_summary(path))
+    if args.no_serve:
+        return 0
+    from dashboard.serve import serve
+
+    return serve(path, host=args.host, port=args.port)
+
+
+_COMMANDS = {"build": _build, "info": _info, "verify": _verify, "query": _query, "serve": _serve, "demo": _demo}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""What every accumulator sees of one batch: the token layout, computed once per batch.
+
+Activations arrive per layer as `acts [batch pos d_mlp]` (float32, on the model's device) and as
+`flat [valid d_mlp]`, the same rows with BOS positions removed. BOS positions (position 0 and
+the separators between packed documents) are excluded from every neuron statistic, as
+Neuronpedia excludes position 0: the model's activations on BOS are attention-sink artefacts,
+not responses to text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.stats.keys import encode_sample, position_hash
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    first_seq: int  # seq_id of the batch's first window (windows are consecutive)
+    n_seqs: int
+    seq_len: int
+    is_bos: torch.Tensor  # [batch pos] bool
+    valid_rows: torch.Tensor  # [valid] int64: flat indices (b * seq_len + pos) of non-BOS positions
+    positions: torch.Tensor  # [valid] int64: global positions seq_id * seq_len + pos, ascending
+    sample_rows: torch.Tensor  # [sampled] int64: indices into the valid rows used by histograms
+    sample_keys: torch.Tensor  # [sampled] int64: min-hash keys of those rows' positions
+
+    @staticmethod
+    def build(first_seq: int, is_bos: torch.Tensor, sample_shift: int = 0) -> TokenBatch:
+        """`is_bos [batch pos]` bool; histograms see positions whose hash has its low
+        `sample_shift` bits zero (1 / 2^sample_shift of them), chosen by position so that the
+        sample does not depend on batching."""
+        n_seqs, seq_len = is_bos.shape
+        valid_rows = (~is_bos).reshape(-1).nonzero().squeeze(1)
+        positions = valid_rows + first_seq * seq_len
+        if sample_shift:
+            keep = (position_hash(positions) & ((1 << sample_shift) - 1)) == 0
+            sample_rows = keep.nonzero().squeeze(1)
+        else:
+            sample_rows = torch.arange(positions.numel(), device=positions.device)
+        return TokenBatch(
+            first_seq=first_seq,
+            n_seqs=n_seqs,
+            seq_len=seq_len,
+            is_bos=is_bos,
+            valid_rows=valid_rows,
+            positions=positions,
+            sample_rows=sample_rows,
+            sample_keys=encode_sample(positions[sample_rows]),
+        )
+
+    def rows_of(self, positions: torch.Tensor) -> torch.Tensor:
+        """Indices into the valid rows of global positions that lie in this batch."""
+        return torch.searchsorted(self.positions, positions)

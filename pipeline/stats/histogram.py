@@ -1,0 +1,100 @@
+"""Activation histograms and band samples, on fixed bins (see `bins`).
+
+Histogram: counts per neuron per bin. Band samples: for every (neuron, bin), one position drawn
+uniformly at random from the positions whose activation fell in that bin — the one with the
+smallest position hash (`keys.encode_sample`), so the draw is the same however the corpus was
+batched or split. Each sample keeps a window of context activations. Bins outside
+|x| >= 2^-6 (the near-zero bin) get no sample: they say nothing about what the neuron detects.
+
+Both cover the positions of `TokenBatch.sample_rows` (all non-BOS positions unless the build
+samples histograms, see `--hist-sample`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.stats.batch import TokenBatch
+from pipeline.stats.bins import N_BINS, ZERO_BIN, bin_index
+from pipeline.stats.context import ContextWindow
+from pipeline.stats.keys import KEY_FULL, decode_sample
+
+
+class Histogram:
+    name = "histogram"
+
+    def __init__(self, n_layers: int, d_mlp: int, seq_len: int, window: ContextWindow,
+                 device: str | torch.device = "cpu"):
+        self.d_mlp, self.seq_len, self.window = d_mlp, seq_len, window
+        width = window.width(seq_len)
+        slots = d_mlp * N_BINS
+        self.counts = torch.zeros((n_layers, slots), dtype=torch.int64, device=device)
+        self.sample_keys = torch.full((n_layers, slots), KEY_FULL, dtype=torch.int64, device=device)
+        self.sample_values = torch.zeros((n_layers, slots), dtype=torch.float32, device=device)
+        self.sample_ctx = torch.zeros((n_layers, slots, width), dtype=torch.float16, device=device)
+        self._offsets = torch.arange(d_mlp, device=device, dtype=torch.int32) * N_BINS
+
+    def update(self, layer: int, acts: torch.Tensor, flat: torch.Tensor, batch: TokenBatch) -> None:
+        rows = batch.sample_rows
+        if rows.numel() == 0:
+            return
+        x = flat if rows.numel() == flat.shape[0] else flat.index_select(0, rows)
+        slot = (bin_index(x) + self._offsets).reshape(-1).long()  # [rows * d_mlp] neuron * N_BINS + bin
+        self.counts[layer] += torch.bincount(slot, minlength=self.counts.shape[1])
+
+        # Smallest hash key per slot in this batch, then keep the slots where it beats the past.
+        keys = batch.sample_keys.unsqueeze(1).expand(-1, self.d_mlp).reshape(-1)
+        best = torch.full_like(self.sample_keys[layer], KEY_FULL)
+        best.scatter_reduce_(0, slot, keys, "amin")
+        won = (best < self.sample_keys[layer]).nonzero().squeeze(1)
+        if won.numel() == 0:
+            return
+        neuron = won // N_BINS
+        valid_row = batch.rows_of(decode_sample(best[won]))
+        self.sample_keys[layer, won] = best[won]
+        self.sample_values[layer, won] = flat[valid_row, neuron]
+        self.sample_ctx[layer, won] = self.window.gather(
+            acts, batch.valid_rows[valid_row], neuron, batch.is_bos
+        ).to(torch.float16)
+
+    def merge(self, other: Histogram) -> None:
+        self.counts += other.counts
+        theirs = other.sample_keys < self.sample_keys
+        self.sample_keys = torch.where(theirs, other.sample_keys, self.sample_keys)
+        self.sample_values = torch.where(theirs, other.sample_values, self.sample_values)
+        self.sample_ctx = torch.where(theirs.unsqueeze(-1), other.sample_ctx, self.sample_ctx)
+
+    _FIELDS = ("counts", "sample_keys", "sample_values", "sample_ctx")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f: getattr(self, f) for f in self._FIELDS}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for f in self._FIELDS:
+            setattr(self, f, state[f].to(getattr(self, f).device))
+
+    def finalize(self) -> dict[str, dict]:
+        n_layers = self.counts.shape[0]
+        counts = self.counts.reshape(n_layers * self.d_mlp, N_BINS).cpu().numpy()
+        keys = self.sample_keys.reshape(n_layers, self.d_mlp, N_BINS)
+        present = keys != KEY_FULL
+        present[:, :, ZERO_BIN] = False
+        layer, neuron, band = present.nonzero(as_tuple=True)
+        positions = decode_sample(keys[layer, neuron, band])
+        pos = positions % self.seq_len
+        slot = neuron * N_BINS + band
+        return {
+            "neurons": {"hist_counts": list(counts)},
+            "neuron_examples": {
+                "layer": layer.cpu().numpy().astype(np.int16),
+                "neuron": neuron.cpu().numpy().astype(np.int32),
+                "kind": np.full(layer.numel(), "band", dtype=object),
+                "rank": band.cpu().numpy().astype(np.int16),
+                "seq_id": (positions // self.seq_len).cpu().numpy().astype(np.int32),
+                "pos": pos.cpu().numpy().astype(np.int16),
+                "activation": self.sample_values[layer, slot].cpu().numpy(),
+                "ctx_start": self.window.start(pos, self.seq_len).cpu().numpy().astype(np.int16),
+                "context_acts": list(self.sample_ctx[layer, slot].to(torch.float32).cpu().numpy()),
+            },
+        }

@@ -1,0 +1,108 @@
+"""Each neuron's strongest activations: top-k examples with context, and sparse records.
+
+Two exact top lists per layer share one pass over the activations:
+- `records`: the R strongest (activation, position) pairs per neuron -> the `activations` table;
+- `examples`: the k strongest, each with a window of the neuron's activations around it ->
+  `neuron_examples` rows of kind 'top'.
+Order: activation descending, then earlier position first (see `keys`), so the lists do not
+depend on batch size, on resuming, or on how the corpus was split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.stats.batch import TokenBatch
+from pipeline.stats.context import ContextWindow
+from pipeline.stats.keys import KEY_EMPTY, decode_top, encode_top
+from pipeline.stats.pool import TopPool
+
+
+class TopActivations:
+    name = "top"
+
+    def __init__(self, n_layers: int, d_mlp: int, top_k: int, records: int, seq_len: int,
+                 window: ContextWindow, device: str | torch.device = "cpu"):
+        if records < top_k:
+            raise ValueError("records per neuron must be at least top_k")
+        self.top_k, self.n_records, self.seq_len, self.window = top_k, records, seq_len, window
+        width = window.width(seq_len)
+        self.examples = [TopPool(d_mlp, top_k, width, device) for _ in range(n_layers)]
+        self.records = [TopPool(d_mlp, records, 0, device) for _ in range(n_layers)]
+
+    def update(self, layer: int, acts: torch.Tensor, flat: torch.Tensor, batch: TokenBatch) -> None:
+        records, examples = self.records[layer], self.examples[layer]
+        # Only activations above the current R-th best can enter either list (R >= k).
+        rows, neurons = (flat > records.threshold).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return
+        values = flat[rows, neurons]
+        keys = encode_top(values, batch.positions[rows])
+        records.offer(neurons, keys)
+        hit = values > examples.threshold[neurons]
+        if hit.any():
+            rows, neurons, keys = rows[hit], neurons[hit], keys[hit]
+            ctx = self.window.gather(acts, batch.valid_rows[rows], neurons, batch.is_bos)
+            examples.offer(neurons, keys, ctx)
+
+    def merge(self, other: TopActivations) -> None:
+        for mine, theirs in zip(self.examples + self.records, other.examples + other.records, strict=True):
+            mine.merge(theirs)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {}
+        for i, pool in enumerate(self.examples):
+            state.update({f"examples.{i}.{k}": v for k, v in pool.state_dict().items()})
+        for i, pool in enumerate(self.records):
+            state.update({f"records.{i}.{k}": v for k, v in pool.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for prefix, pools in (("examples", self.examples), ("records", self.records)):
+            for i, pool in enumerate(pools):
+                head = f"{prefix}.{i}."
+                pool.load_state_dict({k[len(head):]: v for k, v in state.items() if k.startswith(head)})
+
+    def top_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """[layers, d_mlp, k] global positions and activations of the top examples (-1: none)."""
+        keys = torch.stack([p.state_dict()["keys"] for p in self.examples])
+        values, positions = decode_top(keys)
+        return positions.cpu().numpy(), values.cpu().numpy()
+
+    def finalize(self) -> dict[str, dict[str, np.ndarray]]:
+        return {
+            "neuron_examples": self._example_rows(),
+            "activations": self._record_rows(),
+        }
+
+    def _flatten(self, pools: list[TopPool]) -> tuple[dict[str, np.ndarray], tuple[torch.Tensor, ...]]:
+        """Non-empty entries of per-layer pools as columns (layer, neuron, rank, seq_id, pos,
+        activation), and their (layer, neuron, rank) indices."""
+        keys = torch.stack([p.state_dict()["keys"] for p in pools])  # [layer neuron rank]
+        index = (keys != KEY_EMPTY).nonzero(as_tuple=True)
+        layer, neuron, rank = index
+        values, positions = decode_top(keys[index])
+        return {
+            "layer": layer.cpu().numpy().astype(np.int16),
+            "neuron": neuron.cpu().numpy().astype(np.int32),
+            "rank": rank.cpu().numpy().astype(np.int16),
+            "seq_id": (positions // self.seq_len).cpu().numpy().astype(np.int32),
+            "pos": (positions % self.seq_len).cpu().numpy().astype(np.int16),
+            "activation": values.cpu().numpy().astype(np.float32),
+        }, index
+
+    def _record_rows(self) -> dict[str, np.ndarray]:
+        rows, _ = self._flatten(self.records)
+        del rows["rank"]
+        return rows
+
+    def _example_rows(self) -> dict[str, np.ndarray]:
+        rows, index = self._flatten(self.examples)
+        payload = torch.stack([p.state_dict()["payload"] for p in self.examples])
+        ctx = payload[index].to(torch.float32).cpu().numpy()
+        pos = torch.from_numpy(rows["pos"].astype(np.int64))
+        rows["kind"] = np.full(len(rows["pos"]), "top", dtype=object)
+        rows["ctx_start"] = self.window.start(pos, self.seq_len).numpy().astype(np.int16)
+        rows["context_acts"] = list(ctx)
+        return rows
