@@ -64,7 +64,6 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
         if not resume:
             writer.abort()
         raise
-    timings: dict[str, float] = {}
     started = time.perf_counter()
     harvest = NeuronHarvest(model, params.stats)
     start_window, tokens_done, elapsed_before = _restore(writer.work_dir, params, harvest) if resume else (0, 0, 0.0)
@@ -74,21 +73,17 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
                    done_tokens=tokens_done, enabled=progress)
     last_save = time.monotonic()
     next_window = start_window
-    windows = iter_windows(corpora.iter_documents(params.corpus), model.tokenizer, model.bos_token_id,
-                           params.stats.seq_len, params.max_tokens, params.batch_size,
-                           start_window=start_window)
-    for batch in windows:
-        harvest.process(int(batch.seq_ids[0]), batch.token_ids, batch.doc_ids < 0)
+    for batch in harvest_windows(harvest, params, start_window=start_window):
         next_window = int(batch.seq_ids[-1]) + 1
         tokens_done += batch.token_ids.size
         bar.update(batch.token_ids.size)
+        elapsed = elapsed_before + time.perf_counter() - started
         if stop_after_windows is not None and next_window >= stop_after_windows:
-            _save(writer.work_dir, params, harvest, next_window, tokens_done, elapsed_before)
+            _save(writer.work_dir, params, harvest, next_window, tokens_done, elapsed)
             bar.close()
             raise BuildInterrupted(next_window)
         if time.monotonic() - last_save > checkpoint_every_s:
-            _save(writer.work_dir, params, harvest, next_window, tokens_done,
-                  elapsed_before + time.perf_counter() - started)
+            _save(writer.work_dir, params, harvest, next_window, tokens_done, elapsed)
             last_save = time.monotonic()
     bar.close()
     if next_window == 0:
@@ -97,8 +92,25 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
         raise corpora.CorpusError(
             f"corpus {params.corpus!r} has fewer than seq_len={params.stats.seq_len} tokens: nothing to build"
         )
-    timings["harvest_s"] = elapsed_before + time.perf_counter() - started
+    harvest_s = elapsed_before + time.perf_counter() - started
+    return write_store(writer, params, model, harvest, next_window, {"harvest_s": harvest_s}, device)
 
+
+def harvest_windows(harvest: NeuronHarvest, params: BuildParams, start_window: int = 0,
+                    stop_window: int | None = None):
+    """Feed corpus windows [start, stop) to the harvest; yields each batch after processing it."""
+    model = harvest.model
+    windows = iter_windows(corpora.iter_documents(params.corpus), model.tokenizer, model.bos_token_id,
+                           params.stats.seq_len, params.max_tokens, params.batch_size,
+                           start_window=start_window, stop_window=stop_window)
+    for batch in windows:
+        harvest.process(int(batch.seq_ids[0]), batch.token_ids, batch.doc_ids < 0)
+        yield batch
+
+
+def write_store(writer: StoreWriter, params: BuildParams, model, harvest: NeuronHarvest, n_windows: int,
+                timings: dict[str, float], device: str) -> Path:
+    """Finalize a harvest (possibly merged from shards) into a committed store."""
     t = time.perf_counter()
     tables = harvest.finalize()
     neurons = tables["neurons"]
@@ -107,7 +119,7 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
 
     t = time.perf_counter()
     top_pos, _ = harvest.top.top_positions()
-    corpus_facts = write_corpus_tables(writer, params, model, n_windows=next_window, top_positions=top_pos)
+    corpus_facts = write_corpus_tables(writer, params, model, n_windows=n_windows, top_positions=top_pos)
     neurons["kv_agreement_frac"] = agreement_column(
         corpus_facts.pop("next_token_ids"), neurons["kv_top_token_ids"]
     )
@@ -120,17 +132,15 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
     for name in ("neurons", "neuron_examples", "activations"):
         writer.write_table(name, _to_arrow(name, tables[name]))
     timings["write_s"] = time.perf_counter() - t
-    timings["total_s"] = elapsed_before + time.perf_counter() - started
-
+    n_tokens = n_windows * params.stats.seq_len
     manifest = {
         "model": model.describe(),
         "corpus": {**corpora.describe_corpus(params.corpus), **corpus_facts},
-        "build": {**asdict(params), "device": device, "n_windows": next_window,
-                  "n_tokens": next_window * params.stats.seq_len},
+        "build": {**asdict(params), "device": device, "n_windows": n_windows, "n_tokens": n_tokens},
         "records_per_neuron": params.stats.records,
         "histogram": {**hist_bins.describe(), "sample_fraction": 1 / 2**params.stats.hist_sample_shift},
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "tokens_per_s": round(next_window * params.stats.seq_len / max(timings["harvest_s"], 1e-9), 1),
+        "tokens_per_s": round(n_tokens / max(timings.get("harvest_s", 0.0), 1e-9), 1),
     }
     return writer.commit(manifest)
 
@@ -147,7 +157,9 @@ def _to_arrow(name: str, columns: dict):
     from store.schema import table
 
     schema = table(name).arrow_schema()
-    return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
+    # from_pandas: NaN becomes null, which is what a nullable float column means by "no value".
+    arrays = {f.name: pa.array(columns[f.name], type=f.type, from_pandas=f.nullable) for f in schema}
+    return pa.table(arrays, schema=schema)
 
 
 def _save(work_dir: Path, params: BuildParams, harvest: NeuronHarvest, next_window: int,

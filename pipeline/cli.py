@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     b.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     b.add_argument("--resume", action="store_true", help="continue a killed build from its checkpoint")
+    b.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
+                   help="how often to save a checkpoint that --resume continues from")
     b.add_argument("--no-progress", action="store_true")
 
     for name, text in (("info", "summarise a store"), ("verify", "check a store's checksums and schema")):
@@ -118,7 +120,8 @@ def _build(args) -> int:
                         hist_sample_shift=args.hist_sample.bit_length() - 1)
     params = BuildParams(model=args.model, corpus=args.corpus, max_tokens=args.max_tokens, stats=stats,
                          batch_size=args.batch_size, dtype=args.dtype)
-    out = build(params, args.out, device=args.device, resume=args.resume, progress=not args.no_progress)
+    out = build(params, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
+                checkpoint_every_s=args.checkpoint_every)
     print(_summary(out))
     return 0
 
@@ -128,12 +131,15 @@ def _summary(path) -> str:
 
     store = open_store(path)
     m = store.manifest
+    model, corpus, build = m.get("model", {}), m.get("corpus", {}), m.get("build", {})
+    harvest_s = m.get("timings", {}).get("harvest_s", 0.0)
     lines = [
         f"store      {store.path}",
-        f"model      {m['model'].get('name')}  ({m['model'].get('n_layers')} layers x {m['model'].get('d_mlp')} neurons)",
-        f"corpus     {m['corpus'].get('spec')}  ({m['build']['n_tokens']:,} tokens, {m['corpus'].get('n_documents', '?')} documents)",
-        f"built      {m.get('created_at', '?')}  harvest {m['timings']['harvest_s']:.1f}s, {m.get('tokens_per_s', 0):,.0f} tok/s",
-        "tables     " + ", ".join(f"{t} {v['rows']:,}" for t, v in m["tables"].items()),
+        f"model      {model.get('name')}  ({model.get('n_layers')} layers x {model.get('d_mlp')} neurons)",
+        f"corpus     {corpus.get('spec')}  ({build.get('n_tokens', 0):,} tokens, "
+        f"{corpus.get('n_documents', '?')} documents)",
+        f"built      {m.get('created_at', '?')}  harvest {harvest_s:.1f}s, {m.get('tokens_per_s', 0):,.0f} tok/s",
+        "tables     " + ", ".join(f"{t} {v['rows']:,}" for t, v in m.get("tables", {}).items()),
     ]
     return "\n".join(lines)
 
@@ -194,7 +200,9 @@ def _demo(args) -> int:
     return serve(path, host=args.host, port=args.port)
 
 
-_COMMANDS = {"build": _build, "info": _info, "verify": _verify, "query": _query, "serve": _serve, "demo": _demo}
+_COMMANDS = {
+    "build": _build, "info": _info, "verify": _verify, "query": _query, "serve": _serve, "demo": _demo,
+}
 
 
 if __name__ == "__main__":

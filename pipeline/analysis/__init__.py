@@ -20,7 +20,7 @@ def neuron_weight_columns(model, n_tokens: int = 10) -> dict[str, object]:
 
     weights = neuron_weights(model)
     top_ids, top_logits, bottom_ids, bottom_logits = value_tokens(
-        weights, centre=not model.gated and _final_norm_centres(model), n_tokens=n_tokens
+        weights, centre=_final_norm_centres(model), n_tokens=n_tokens
     )
     vocab = decode_tokens(model.tokenizer, np.unique(np.concatenate([top_ids, bottom_ids]).ravel()).tolist())
     return {
@@ -36,6 +36,4 @@ def neuron_weight_columns(model, n_tokens: int = 10) -> dict[str, object]:
 
 def _final_norm_centres(model) -> bool:
     """LayerNorm subtracts the mean before scaling; RMSNorm does not."""
-    cfg = getattr(model.bridge, "cfg", None)
-    kind = str(getattr(cfg, "normalization_type", "LN") or "LN").upper()
-    return not kind.startswith("RMS")
+    return not str(model.facts.get("normalization", "LN")).upper().startswith("RMS")

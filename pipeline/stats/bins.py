@@ -63,5 +63,6 @@ def describe() -> dict:
         "n_bins": N_BINS,
         "zero_bin": ZERO_BIN,
         "magnitude_edges": magnitude_edges(),
-        "bin_ranges": [list(r) for r in bin_ranges()],
+        # JSON has no infinity: the open ends of the outer bins are null.
+        "bin_ranges": [[v if abs(v) != float("inf") else None for v in r] for r in bin_ranges()],
     }

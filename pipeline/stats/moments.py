@@ -30,7 +30,8 @@ class Moments:
         self.count[layer] += flat.shape[0]
         self.total[layer] += flat.sum(0)
         self.total_sq[layer] += (flat * flat).sum(0)
-        self.positive[layer] += (flat > 0).sum(0)
+        # sign of max(x, 0) is 1 exactly where x > 0; summed in float32, exact below 2^24 rows.
+        self.positive[layer] += flat.clamp(min=0).sign_().sum(0).to(torch.int64)
         torch.minimum(self.min[layer], flat.amin(0), out=self.min[layer])
         torch.maximum(self.max[layer], flat.amax(0), out=self.max[layer])
 

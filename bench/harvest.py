@@ -1,0 +1,173 @@
+"""Harvest throughput and memory, against a bare forward and a naive baseline.
+
+    python bench/harvest.py [--model gpt2-random] [--batches 6] [--batch-size 8] [--dtype float32]
+
+Runs, interleaved in one process so that machine noise hits every variant alike:
+- forward (blocks only): the HF model's transformer stack, no unembedding;
+- forward (with unembedding): the bridge's full forward to logits;
+- harvest: mechscope's neuron statistics (moments, top-k with context, records, histogram,
+  band samples) fed from `mlp.hook_post` hooks;
+- naive: `run_with_cache` of every hook, then per layer a full sort of each neuron's
+  activations and a merge with the running top-k (what a first script would do).
+Then, in subprocesses, peak RSS of the harvest over 1x and 4x the corpus, and the store size
+per million tokens from two real builds. Prints a table; also writes bench/results/harvest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.models import load_model  # noqa: E402
+
+from pipeline.harvest import NeuronHarvest  # noqa: E402
+from pipeline.stats import StatsConfig  # noqa: E402
+
+
+def _batches(model, n: int, batch_size: int, seq_len: int):
+    """Batches of real tokenized text (wiki-vital), packed as a build packs them."""
+    from pipeline.corpus import iter_documents
+    from pipeline.windows import iter_windows
+
+    return list(iter_windows(iter_documents("wiki-vital"), model.tokenizer, model.bos_token_id, seq_len,
+                             n * batch_size * seq_len, batch_size))
+
+
+class Naive:
+    """run_with_cache + per-batch full sort per neuron, merged with a running top-k."""
+
+    def __init__(self, model, k: int):
+        self.model, self.k = model, k
+        self.vals = [None] * model.n_layers
+        self.names = [f"blocks.{i}.mlp.hook_post" for i in range(model.n_layers)]
+
+    @torch.no_grad()
+    def process(self, tokens: torch.Tensor) -> None:
+        _, cache = self.model.bridge.run_with_cache(tokens)
+        for layer, name in enumerate(self.names):
+            acts = cache[name].reshape(-1, self.model.d_mlp).float()
+            vals = torch.sort(acts, dim=0, descending=True).values[: self.k]
+            if self.vals[layer] is not None:
+                vals = torch.sort(torch.cat([self.vals[layer], vals]), dim=0, descending=True).values[: self.k]
+            self.vals[layer] = vals
+
+
+def throughput(args) -> dict:
+    model = load_model(args.model, dtype=getattr(torch, args.dtype))
+    config = StatsConfig(seq_len=args.seq_len, hist_sample_shift=args.hist_shift)
+    batches = _batches(model, args.batches, args.batch_size, args.seq_len)
+    hf = model.bridge.original_model
+    blocks = getattr(hf, "transformer", None) or hf.model
+    harvest = NeuronHarvest(model, config)
+    naive = Naive(model, config.top_k)
+    tok = lambda b: torch.from_numpy(b.token_ids).long()  # noqa: E731
+    variants = {
+        "forward (blocks only)": lambda b: blocks(tok(b)),
+        "forward (with unembedding)": lambda b: model.bridge(tok(b)),
+        "harvest (mechscope)": lambda b: harvest.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0),
+        "naive (run_with_cache + sort)": lambda b: naive.process(tok(b)),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    with torch.no_grad():
+        for i, b in enumerate(batches):
+            for name, fn in variants.items():
+                t = time.perf_counter()
+                fn(b)
+                if i > 0:  # the first batch warms up
+                    times[name].append(time.perf_counter() - t)
+    n_tok = args.batch_size * args.seq_len
+    return {name: n_tok / statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_rss(args, n_batches: int) -> float:
+    """Peak RSS (MiB) of a child process harvesting n_batches of real text."""
+    cmd = [sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
+           "--seq-len", str(args.seq_len), "--hist-shift", str(args.hist_shift), "--child-harvest", str(n_batches)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _child_harvest(args) -> None:
+    model = load_model(args.model)
+    harvest = NeuronHarvest(model, StatsConfig(seq_len=args.seq_len, hist_sample_shift=args.hist_shift))
+    for b in _batches(model, args.child_harvest, args.batch_size, args.seq_len):
+        harvest.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def store_size(args, n_tokens: int) -> tuple[int, float]:
+    """(bytes, harvest tok/s) of a real build of n_tokens."""
+    from pipeline.build import BuildParams, build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "store"
+        params = BuildParams(model=args.model, corpus="wiki-vital", max_tokens=n_tokens,
+                             stats=StatsConfig(seq_len=args.seq_len, hist_sample_shift=args.hist_shift))
+        build(params, out, progress=False)
+        manifest = json.loads((out / "manifest.json").read_text())
+        size = sum(f.stat().st_size for f in out.iterdir())
+    return size, manifest["tokens_per_s"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="gpt2-random")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batches", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--hist-shift", type=int, default=StatsConfig().hist_sample_shift)
+    p.add_argument("--mem-batches", type=int, default=8)
+    p.add_argument("--store-tokens", type=int, default=16384)
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--child-harvest", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child_harvest:
+        return _child_harvest(args)
+    torch.manual_seed(0)
+
+    rates = throughput(args)
+    base = rates["forward (blocks only)"]
+    rows = [(name, f"{r:,.0f}", f"{r / base:.2f}x") for name, r in rates.items()]
+    results: dict = {"args": vars(args), "tokens_per_s": rates,
+                     "torch_threads": torch.get_num_threads()}
+    if not args.skip_memory:
+        m1, m4 = peak_rss(args, args.mem_batches), peak_rss(args, 4 * args.mem_batches)
+        s1, _ = store_size(args, args.store_tokens)
+        s4, _ = store_size(args, 4 * args.store_tokens)
+        per_m = (s4 - s1) / (3 * args.store_tokens) * 1e6
+        results.update(peak_rss_mib={"1x": m1, "4x": m4}, store_bytes={"1x": s1, "4x": s4},
+                       store_mib_per_million_tokens_marginal=per_m / 2**20)
+        mem_tokens = args.mem_batches * args.batch_size * args.seq_len
+        rows += [
+            (f"peak RSS, harvest of {mem_tokens:,} tokens", f"{m1:,.0f} MiB", ""),
+            (f"peak RSS, harvest of {4 * mem_tokens:,} tokens", f"{m4:,.0f} MiB", f"{m4 / m1:.2f}x"),
+            (f"store size, {args.store_tokens:,} tokens", f"{s1 / 2**20:,.1f} MiB", ""),
+            (f"store size, {4 * args.store_tokens:,} tokens", f"{s4 / 2**20:,.1f} MiB", ""),
+            ("store growth per million tokens", f"{per_m / 2**20:,.1f} MiB", ""),
+        ]
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{args.model}, {args.dtype}, batch {args.batch_size} x {args.seq_len}, "
+          f"{torch.get_num_threads()} threads, {args.batches - 1} timed batches (median)\n")
+    print(f"{'':{width}}  {'tok/s or size':>14}  {'vs blocks-only':>14}")
+    for name, value, ratio in rows:
+        print(f"{name:{width}}  {value:>14}  {ratio:>14}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "harvest.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The dashboard's entry file: it only routes.
+
+Run by `mechscope serve` as `streamlit run dashboard/app.py -- --store PATH` (or with
+MECHSCOPE_STORE set). Pages live in `dashboard/views/`, the store picker in `nav.py`, caching
+and queries in `data.py` (SQL in `store/queries.py`).
+
+Why `views/` and not `pages/`: a folder named `pages` beside the entry file switches Streamlit
+into its old multipage mode until the first `st.navigation` call, so a fresh server's first deep
+link (e.g. /neuron?layer=1&neuron=3) would run the page file bare, bypassing this router.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # `streamlit run` puts dashboard/ on the path, not the repo root
+    sys.path.insert(0, _ROOT)
+
+from dashboard import nav  # noqa: E402  (needs the path fix above)
+
+st.set_page_config(page_title="mechscope", page_icon=":material/biotech:", layout="wide")
+
+pages = [
+    st.Page(nav.OVERVIEW, title="Overview", icon=":material/home:", default=True),
+    st.Page(nav.CATALOGUE, title="Neuron catalogue", icon=":material/table_rows:"),
+    st.Page(nav.NEURON, title="Neuron", icon=":material/neurology:"),
+    st.Page(nav.SQL, title="SQL console", icon=":material/terminal:"),
+]
+page = st.navigation(pages)
+nav.choose_store()
+page.run()

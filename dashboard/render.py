@@ -1,0 +1,243 @@
+"""Render helpers: plain data in, HTML or display strings out. No Streamlit, no SQL.
+
+Token heatmaps, token labels, histogram-bin labels and grouping, the deletion-score sentence,
+neuron links and manifest flattening live here so that tests can call them on hand-made data.
+Altair charts are in `dashboard/charts.py`; queries in `store/queries.py`.
+
+Every piece of corpus text goes through `html.escape` before it enters HTML: a corpus token
+is untrusted input (a token `<img src=x onerror=...>` must show as text).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from urllib.parse import urlencode
+
+POS_RGB = (230, 97, 1)  # orange: positive activation
+NEG_RGB = (33, 102, 172)  # blue: negative activation
+
+
+def token_label(token: str | None) -> str:
+    """A token as short display text: spaces as '·', newlines '↵', tabs '⇥' (for tables)."""
+    if token is None:
+        return "∅"
+    if token == "":
+        return "''"
+    return token.replace(" ", "·").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+
+
+def token_list_label(tokens: Sequence[str] | None, n: int = 5) -> str:
+    return "  ".join(token_label(t) for t in (list(tokens) if tokens is not None else [])[:n])
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.3e}"
+
+
+def activation_colour(value: float | None, vmax: float, vmin: float = 0.0) -> str:
+    """Background colour of a token: orange, full at the neuron's max (vmax), for positive values;
+    blue for negative ones, full at max(|vmin|, vmax) so that the small negative tail of a GELU
+    never outshines the positives; transparent at 0; light grey for None/NaN (BOS)."""
+    if value is None or math.isnan(value):
+        return "rgba(128,128,128,0.18)"
+    if value >= 0:
+        frac, rgb = (value / vmax if vmax > 0 else 0.0), POS_RGB
+    else:
+        scale = max(-vmin, vmax)
+        frac, rgb = (-value / scale if scale > 0 else 0.0), NEG_RGB
+    alpha = round(min(max(frac, 0.0), 1.0) * 0.85, 3)
+    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha})"
+
+
+def _token_span(token: str, value: float | None, vmax: float, vmin: float, focus: bool) -> str:
+    shown = html.escape(token.replace("\n", "↵"), quote=True)
+    is_bos = value is None or math.isnan(value)
+    title = html.escape(f"{token!r}: " + ("BOS (excluded from statistics)" if is_bos else f"{value:.4f}"))
+    style = f"background:{activation_colour(value, vmax, vmin)};white-space:pre-wrap;border-radius:2px;padding:0 1px;"
+    if focus:
+        style += "outline:2px solid #222;outline-offset:0;font-weight:600;"
+    br = "<br>" if "\n" in token else ""
+    cls = ' class="ms-focus"' if focus else ""
+    return f'<span{cls} title="{title}" style="{style}">{shown}</span>{br}'
+
+
+def heatmap_html(tokens: Sequence[str | None], acts: Sequence[float | None], vmax: float, vmin: float = 0.0,
+                 focus: int | None = None) -> str:
+    """One example as inline HTML: each token shaded by its activation (hover shows the value),
+    token `focus` (index into tokens) outlined. tokens and acts are aligned; the shorter wins."""
+    spans = []
+    for i, (tok, val) in enumerate(zip(tokens, acts, strict=False)):
+        value = None if val is None else float(val)
+        spans.append(_token_span("" if tok is None else str(tok), value, vmax, vmin, focus == i))
+    return "".join(spans)
+
+
+def example_html(example: dict, vmax: float, vmin: float = 0.0, caption: str = "") -> str:
+    """One example row (a `neuron_examples` row with `context_tokens`) as a block of HTML."""
+    focus = int(example["pos"]) - int(example["ctx_start"])
+    body = heatmap_html(example.get("context_tokens") or [], example.get("context_acts") or [], vmax, vmin, focus)
+    label = html.escape(caption or f"{float(example['activation']):.3f}")
+    where = html.escape(f"window {example['seq_id']}, position {example['pos']}")
+    return (
+        '<div style="display:flex;gap:0.75em;align-items:baseline;margin:0.15em 0;font-size:0.92em;">'
+        f'<code title="{where}" style="min-width:5.5em;text-align:right;">{label}</code>'
+        f'<div style="flex:1;min-width:0;overflow-wrap:anywhere;font-family:ui-monospace,monospace;'
+        f'line-height:1.75;">{body}</div></div>'
+    )
+
+
+def examples_html(examples: Sequence[dict], vmax: float, vmin: float = 0.0) -> str:
+    """Several examples, one per line, on one colour scale."""
+    if not examples:
+        return "<p><em>No examples.</em></p>"
+    return "".join(example_html(e, vmax, vmin) for e in examples)
+
+
+def bound_label(x: float) -> str:
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    return f"{x:.3g}".replace("-", "−")
+
+
+def bin_label(lo: float, hi: float) -> str:
+    """A histogram bin's value range as text. Positive bins are [lo, hi); negative ones (hi <= 0)
+    hold -|hi| < x <= ... i.e. (lo, hi]; the near-zero bin spans zero."""
+    if hi <= 0:
+        return f"({bound_label(lo)}, {bound_label(hi)}]"
+    return f"[{bound_label(lo)}, {bound_label(hi)})"
+
+
+def octave_of(lo: float, hi: float) -> tuple[float, str]:
+    """(sort key, label) of the octave a bin lies in: [2^k, 2^(k+1)) by magnitude, mirrored for
+    negative bins; open-ended and near-zero bins are their own group. Larger key = higher values."""
+    if lo < 0 < hi:
+        return 0.0, f"near zero {bin_label(lo, hi)}"
+    sign = 1 if hi > 0 else -1
+    mag = lo if sign > 0 else -hi  # the smaller magnitude bound
+    if math.isinf(hi if sign > 0 else lo):
+        return sign * 1e9, (f"≥ {bound_label(lo)}" if sign > 0 else f"≤ {bound_label(hi)}")
+    k = math.floor(math.log2(mag)) if mag > 0 else -1000
+    a, b = 2.0**k, 2.0 ** (k + 1)
+    return sign * (k + 1000), (bin_label(a, b) if sign > 0 else bin_label(-b, -a))
+
+
+def _bound(value, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        return float(value)  # also 'inf', '-Infinity' as text
+    except (TypeError, ValueError):
+        return default
+
+
+def bin_bounds(bin_ranges: Sequence[Sequence] | None) -> list[tuple[float, float]]:
+    """The manifest's `histogram.bin_ranges` as float pairs. JSON has no infinity, so the open
+    ends may be stored as null (or text): a missing low bound is -inf, a missing high one +inf."""
+    out = []
+    for r in bin_ranges or []:
+        r = list(r) if isinstance(r, list | tuple) else [None, None]
+        out.append((_bound(r[0] if r else None, -math.inf), _bound(r[1] if len(r) > 1 else None, math.inf)))
+    return out
+
+
+def group_by_octave(samples: Sequence[dict], bin_ranges: Sequence[Sequence[float]]) -> list[tuple[str, list[dict]]]:
+    """Band samples (their `rank` is the histogram bin) grouped by octave, highest values first;
+    each sample gets `bin_range` (its bin's label). Samples whose bin is unknown go last."""
+    bounds = bin_bounds(bin_ranges)
+    groups: dict[tuple[float, str], list[dict]] = {}
+    for s in samples:
+        b = int(s["rank"])
+        if 0 <= b < len(bounds):
+            lo, hi = bounds[b]
+            key, rng = octave_of(lo, hi), bin_label(lo, hi)
+        else:
+            key, rng = (-2e9, "other bins"), f"bin {b}"
+        groups.setdefault(key, []).append({**s, "bin_range": rng})
+    ordered = sorted(groups.items(), key=lambda kv: -kv[0][0])
+    return [(label, sorted(items, key=lambda s: -float(s["activation"]))) for (_, label), items in ordered]
+
+
+def histogram_rows(counts: Sequence[int] | None, bin_ranges: Sequence[Sequence[float]]) -> list[dict]:
+    """Rows (bin, range, from, count) for the bins from the first to the last non-empty one;
+    `from` is the bin's lower edge, a short axis label."""
+    counts, bounds = list(counts or []), bin_bounds(bin_ranges)
+    nonzero = [i for i, c in enumerate(counts) if c]
+    if not nonzero:
+        return []
+    rows = []
+    for i in range(nonzero[0], nonzero[-1] + 1):
+        known = i < len(bounds)
+        rng = bin_label(*bounds[i]) if known else f"bin {i}"
+        rows.append({"bin": i, "range": rng, "from": bound_label(bounds[i][0]) if known else f"bin {i}",
+                     "count": int(counts[i])})
+    return rows
+
+
+def value_token_rows(tokens: Sequence[str] | None, logits: Sequence[float] | None) -> list[dict]:
+    return [{"token": token_label(t), "logit": float(v)} for t, v in zip(tokens or [], logits or [], strict=False)]
+
+
+def deletion_sentence(cos: float | None) -> str:
+    """What a deletion score means, for this neuron."""
+    if cos is None or math.isnan(cos):
+        return "No deletion score for this neuron."
+    base = (f"Deletion score {cos:+.3f}: the cosine between the direction this neuron reads from the "
+            "residual stream (input weights) and the direction it writes back (output weights). ")
+    if cos <= -0.5:
+        return base + "Strongly negative: it writes back the negative of what it reads, erasing its own input."
+    if cos <= -0.2:
+        return base + "Moderately negative: it partly cancels the direction it reads."
+    if cos < 0.2:
+        return base + "Near zero: what it writes is unrelated to what it reads."
+    return base + "Positive: it reinforces the direction it reads."
+
+
+def neuron_query(layer: int, neuron: int, store: str | None = None) -> dict[str, str]:
+    params = {"layer": str(layer), "neuron": str(neuron)}
+    if store:
+        params["store"] = store
+    return params
+
+
+def neuron_url(layer: int, neuron: int, store: str | None = None, page: str = "neuron") -> str:
+    """Relative link to a neuron page (works under any base URL)."""
+    return f"{page}?{urlencode(neuron_query(layer, neuron, store))}"
+
+
+def parse_int(text: str | None) -> int | None:
+    """An integer query parameter, or None when absent or not an integer."""
+    if text is None:
+        return None
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        return None
+
+
+def md_escape(text: str) -> str:
+    """Text for Markdown elements with its emphasis/code characters shown literally."""
+    for ch in "\\`*_[]<>#|~$":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def flat_items(d: dict | None, prefix: str = "") -> list[tuple[str, str]]:
+    """A nested manifest section as (dotted key, display value) pairs; long lists abbreviated."""
+    out: list[tuple[str, str]] = []
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.extend(flat_items(v, key + "."))
+        elif isinstance(v, list) and len(v) > 8:
+            out.append((key, f"[{len(v)} values]"))
+        elif isinstance(v, float):
+            out.append((key, f"{v:,.4g}"))
+        elif isinstance(v, int) and not isinstance(v, bool):
+            out.append((key, f"{v:,}"))
+        else:
+            out.append((key, str(v)))
+    return out

@@ -1,0 +1,119 @@
+"""Neuron page (`?layer=..&neuron=..`, shareable): one neuron's evidence.
+
+Top activating examples and band samples as token heatmaps (one colour scale per neuron: its
+max), the activation histogram, the key-value view (tokens it promotes and suppresses), the
+deletion score, and links to the previous and next neuron. Bad or unknown parameters give a
+notice and a picker, never a traceback. Queries: `data.py`; HTML: `render.py`; charts: `charts.py`.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, data, nav, render
+
+path = nav.current()
+params = st.query_params
+raw_layer, raw_neuron = params.get("layer"), params.get("neuron")
+layer, neuron = render.parse_int(raw_layer), render.parse_int(raw_neuron)
+bounds = data.layer_range(path)
+
+
+def _go(target_layer: int, target_neuron: int) -> None:
+    # `store` is left alone: `nav.choose_store` keeps it in the URL.
+    st.query_params.update(render.neuron_query(target_layer, target_neuron))
+
+
+def _picker(default_layer: int, default_neuron: int) -> None:
+    with st.form("pick_neuron", border=False):
+        c1, c2, c3 = st.columns([1, 1, 1], vertical_alignment="bottom")
+        lo, hi = bounds or (0, 0)
+        new_layer = c1.number_input("layer", min_value=lo, max_value=hi, step=1,
+                                    value=min(max(default_layer, lo), hi))
+        new_neuron = c2.number_input("neuron", min_value=0, step=1, value=max(default_neuron, 0))
+        if c3.form_submit_button("Open neuron"):
+            _go(int(new_layer), int(new_neuron))
+            st.rerun()
+
+
+problem = None
+if raw_layer is None and raw_neuron is None:
+    problem = "Pick a neuron (or open one from the catalogue)."
+elif layer is None or neuron is None:
+    bad = [f"{k}={v!r}" for k, v, n in (("layer", raw_layer, layer), ("neuron", raw_neuron, neuron)) if n is None]
+    problem = f"The link's {' and '.join(bad)} is not a whole number: use `?layer=3&neuron=17`."
+row = None if problem else data.neuron(path, layer, neuron)
+if problem is None and row is None:
+    span = f"layers {bounds[0]}–{bounds[1]}" if bounds else "no layers"
+    problem = f"This store has no neuron {neuron} in layer {layer} ({span}; neurons are numbered from 0)."
+if problem is not None or row is None:
+    st.title("Neuron")
+    (st.info if raw_layer is None and raw_neuron is None else st.warning)(problem)
+    _picker(layer or 0, neuron or 0)
+    st.stop()
+
+_go(layer, neuron)  # re-send the URL: a page_link to this same page updates the view, not the address bar
+st.title(f"Layer {layer}, neuron {neuron}")
+near = data.neighbours(path, layer, neuron)
+nav_cols = st.columns([1, 1, 4])
+for col, key, label in ((nav_cols[0], "prev", "← previous"), (nav_cols[1], "next", "next →")):
+    if key in near:
+        t_layer, t_neuron = near[key]
+        col.page_link(nav.NEURON, label=f"{label} (L{t_layer}/N{t_neuron})",
+                      query_params=render.neuron_query(t_layer, t_neuron))
+nav_cols[2].page_link(nav.CATALOGUE, label="back to the catalogue")
+
+vmax, vmin = float(row.get("max") or 0.0), float(row.get("min") or 0.0)
+m = st.columns(6)
+m[0].metric("max", f"{vmax:.3f}")
+m[1].metric("mean", f"{row.get('mean') or 0:.4f}")
+m[2].metric("std", f"{row.get('std') or 0:.4f}")
+m[3].metric("density", f"{(row.get('density_frac') or 0):.2%}", help="fraction of positions with activation > 0")
+m[4].metric("deletion cos", f"{row.get('deletion_cos') or 0:+.3f}")
+agree = row.get("kv_agreement_frac")
+m[5].metric("kv agreement", "—" if agree is None else f"{agree:.0%}",
+            help="fraction of top examples whose next token is among the top value tokens")
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    st.markdown("#### Top activating examples")
+    st.caption("Orange = positive activation (full colour at this neuron's max), blue = negative (on the "
+               "same scale, or its min if larger), grey = BOS (not counted). The outlined token is the "
+               "example's own position; hover a token for its value.")
+    tops = data.examples(path, layer, neuron, "top")
+    st.html(render.examples_html(tops, vmax, vmin))
+
+with right:
+    st.markdown("#### Key-value view")
+    st.caption("The output weights read through the final norm and the unembedding: the tokens this neuron "
+               "pushes up (top) and down (bottom) per unit of activation.")
+    top_rows = render.value_token_rows(row.get("kv_top_tokens"), row.get("kv_top_logits"))
+    bottom_rows = render.value_token_rows(row.get("kv_bottom_tokens"), row.get("kv_bottom_logits"))
+    kv_left, kv_right = st.columns(2)
+    if top_rows:
+        kv_left.altair_chart(charts.value_tokens(top_rows, "promotes", "#e66101"), width="stretch")
+    if bottom_rows:
+        kv_right.altair_chart(charts.value_tokens(bottom_rows, "suppresses", "#2166ac"), width="stretch")
+    st.markdown("#### Deletion score")
+    st.write(render.deletion_sentence(row.get("deletion_cos")))
+
+hist = data.manifest(path).get("histogram") or {}
+bin_ranges = hist.get("bin_ranges") or []
+st.markdown("#### Activation histogram")
+hist_rows = render.histogram_rows(row.get("hist_counts"), bin_ranges)
+if hist_rows:
+    st.altair_chart(charts.histogram(hist_rows, hist.get("sample_fraction")), width="stretch")
+else:
+    st.caption("No histogram counts for this neuron.")
+
+st.markdown("#### Samples across the activation range")
+st.caption("One position drawn at random from each histogram bin (bins are quarter-octaves of the "
+           "activation), grouped by octave, highest first: what the neuron does at weaker activations.")
+bands = data.examples(path, layer, neuron, "band")
+if not bands:
+    st.caption("No band samples for this neuron.")
+for label, samples in render.group_by_octave(bands, bin_ranges):
+    with st.expander(f"activation in {label} · {len(samples)} sample{'s' * (len(samples) != 1)}",
+                     expanded=samples[0]["activation"] >= vmax / 2 > 0):
+        st.html("".join(render.example_html(s, vmax, vmin, caption=f"{s['activation']:.3f} in {s['bin_range']}")
+                        for s in samples))

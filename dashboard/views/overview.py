@@ -1,0 +1,83 @@
+"""Overview page: what this store is (model, corpus, build, timings from the manifest), how big
+each table is, per-layer density and activation scale, and links into the other pages.
+
+Data comes from `dashboard/data.py`; charts from `dashboard/charts.py`.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, data, nav, render
+
+path = nav.current()
+m = data.manifest(path)
+model, corpus, build = m.get("model") or {}, m.get("corpus") or {}, m.get("build") or {}
+timings = m.get("timings") or {}
+
+st.title(f"{model.get('name', 'unknown model')} × {corpus.get('spec', 'unknown corpus')}")
+st.caption(f"store: `{path}`" + (f" · built {m['created_at']}" if m.get("created_at") else ""))
+
+n_layers, d_mlp = model.get("n_layers"), model.get("d_mlp")
+cols = st.columns(5)
+cols[0].metric("layers", f"{n_layers:,}" if isinstance(n_layers, int) else "?")
+cols[1].metric("neurons per layer", f"{d_mlp:,}" if isinstance(d_mlp, int) else "?")
+cols[2].metric("tokens read", f"{build.get('n_tokens', 0):,}")
+cols[3].metric("documents", f"{corpus.get('n_documents', 0):,}")
+tps = m.get("tokens_per_s")
+cols[4].metric("harvest speed", f"{tps:,.0f} tok/s" if isinstance(tps, int | float) else "?")
+
+st.markdown(
+    "Position 0 of every window (the BOS token) is left out of all neuron statistics, as "
+    "Neuronpedia does: its activations say little about the text."
+)
+
+st.subheader("Explore")
+links = st.columns(3)
+links[0].page_link(nav.CATALOGUE, label="Neuron catalogue: filter, search, open a neuron", icon=":material/table_rows:")
+links[1].page_link(nav.SQL, label="SQL console: ask your own questions", icon=":material/terminal:")
+links[2].page_link(nav.NEURON, label="Neuron page: layer 0, neuron 0", icon=":material/neurology:",
+                   query_params=render.neuron_query(0, 0))
+
+summary = data.layer_summary(path)
+if summary.empty:
+    st.info("This store has no neurons.")
+else:
+    st.subheader("Per layer")
+    left, right = st.columns(2)
+    left.altair_chart(charts.per_layer(summary, "mean_density_frac", "mean neuron density (fraction > 0)"),
+                      width="stretch")
+    right.altair_chart(charts.per_layer(summary, "mean_max", "activation scale (mean of per-neuron max)"),
+                       width="stretch")
+
+    st.subheader("Notable neurons")
+    notable = st.columns(2)
+    for col, (column, descending, title) in zip(notable, (
+        ("max", True, "Largest activations"),
+        ("deletion_cos", False, "Most deletion-like (input/output cosine)"),
+    ), strict=True):
+        col.markdown(f"**{title}**")
+        for r in data.notable_neurons(path, column, descending, 5):
+            col.page_link(nav.NEURON, label=f"layer {r['layer']}, neuron {r['neuron']}: {column} = {r['value']:.3f}",
+                          query_params=render.neuron_query(r["layer"], r["neuron"]))
+
+st.subheader("Store")
+left, right = st.columns(2)
+with left:
+    st.markdown("**Rows per table**")
+    st.dataframe(data.row_counts(path), hide_index=True,
+                 column_config={"table_name": "table", "n_rows": st.column_config.NumberColumn("rows", format="%d")})
+    st.markdown("**Timings**")
+    items = [(k, f"{v:,.1f} s" if isinstance(v, int | float) else str(v)) for k, v in timings.items()]
+    st.dataframe({"step": [k for k, _ in items], "time": [v for _, v in items]}, hide_index=True,
+                 )
+with right:
+    for title, section in (("Model", model), ("Corpus", corpus), ("Build parameters", build)):
+        with st.expander(title, expanded=title == "Model"):
+            items = render.flat_items(section)
+            st.dataframe({"key": [k for k, _ in items], "value": [v for _, v in items]}, hide_index=True)
+    extra = {k: v for k, v in m.items() if k not in ("model", "corpus", "build", "timings", "tables", "histogram")}
+    if extra:
+        with st.expander("Other manifest fields"):
+            items = render.flat_items(extra)
+            st.dataframe({"key": [k for k, _ in items], "value": [v for _, v in items]}, hide_index=True)

@@ -1,0 +1,124 @@
+"""Opening a store: its manifest, and one in-memory DuckDB connection with a view per table.
+
+`open_store(path)` returns a `Store` whose tables are DuckDB views over the store's Parquet
+files (`CREATE VIEW neurons AS SELECT * FROM read_parquet('<abs path>')`). `Store.sql` runs
+trusted SQL written in `store/`; user SQL goes through `store/sqlguard.py`, which builds its own
+locked-down connection from `Store.table_files()`. Nothing here writes to the store folder.
+Checksums and schema checks are `store/verify.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from store import schema
+from store.errors import StoreError, one_line
+from store.manifest import check_schema_version, read_manifest, table_file_name
+
+
+def sql_string(text: str) -> str:
+    """A SQL string literal (for paths in DDL, where DuckDB takes no bound parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def view_sql(name: str, file: Path) -> str:
+    """The CREATE VIEW for table `name`; `name` comes from the schema, never from a user."""
+    schema.table(name)  # KeyError for anything that is not a schema table
+    return f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet({sql_string(str(file))})'
+
+
+def arrow_table(rel: duckdb.DuckDBPyRelation) -> pa.Table:
+    """A relation's rows as a pyarrow Table (duckdb 2.0 spells it to_arrow_table; 1.x arrow())."""
+    fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
+    return fetch()
+
+
+def arrow_reader(rel: duckdb.DuckDBPyRelation, batch_size: int) -> pa.RecordBatchReader:
+    """A streaming reader over a relation's rows (nothing is materialized up front)."""
+    if hasattr(rel, "to_arrow_reader"):
+        return rel.to_arrow_reader(batch_size)
+    return rel.fetch_arrow_reader(batch_size)
+
+
+class Store:
+    """A read-only handle on one store. Use `cursor()` (or `sql`) per query: one DuckDB
+    connection must not be shared across threads, and Streamlit runs sessions on threads."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = path
+        self.manifest = manifest
+        self._files = self._find_files()
+        self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(":memory:")
+        try:
+            for name, file in self._files.items():
+                self._con.execute(view_sql(name, file))
+        except duckdb.Error as e:
+            self._con.close()
+            raise StoreError(f"'{path}': cannot open its tables ({one_line(e)}); run `mechscope verify`") from None
+
+    def _find_files(self) -> dict[str, Path]:
+        listed = self.manifest.get("tables")
+        if not isinstance(listed, dict):
+            raise StoreError(f"'{self.path}' has no table list in its manifest.json")
+        files = {}
+        for t in schema.TABLES:  # schema order; tables the manifest does not list are absent
+            entry = listed.get(t.name)
+            if entry is None:
+                continue
+            name = entry.get("file", table_file_name(t.name)) if isinstance(entry, dict) else None
+            if not isinstance(name, str) or Path(name).name != name:
+                raise StoreError(f"'{self.path}': manifest entry for table {t.name!r} is malformed")
+            file = (self.path / name).resolve()
+            if not file.is_file():
+                raise StoreError(f"'{self.path}': table file '{name}' is missing; run `mechscope verify`")
+            files[t.name] = file
+        return files
+
+    def table_files(self) -> dict[str, Path]:
+        """{table name: absolute path of its Parquet file}, in schema order."""
+        return dict(self._files)
+
+    def tables(self) -> list[str]:
+        return list(self._files)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor on this store's connection: the views, its own transaction state."""
+        if self._con is None:
+            raise StoreError(f"store '{self.path}' is closed")
+        return self._con.cursor()
+
+    def sql(self, query: str, params: list | None = None) -> pa.Table:
+        """Run trusted SQL (written in store/, values bound with ?) on a fresh cursor."""
+        cur = self.cursor()
+        try:
+            rel = cur.sql(query, params=params)
+            return pa.table({}) if rel is None else arrow_table(rel)
+        except duckdb.Error as e:
+            raise StoreError(f"query failed: {one_line(e)}") from e
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, tables={self.tables()})"
+
+
+def open_store(path: str | Path) -> Store:
+    """Open the store at `path`; StoreError (one line) when it is not a usable store."""
+    p = Path(path).expanduser().absolute()
+    manifest = read_manifest(p)
+    check_schema_version(manifest, p)
+    return Store(p, manifest)

@@ -1,0 +1,62 @@
+"""Weight-only analyses against planted ground truth, on real (seeded) models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.analysis import neuron_weight_columns
+from pipeline.analysis.deletion import deletion_cosines
+from pipeline.analysis.key_value import value_logits
+from pipeline.models import load_model
+from pipeline.weights import neuron_weights
+
+
+@pytest.fixture(params=["tiny-gpt2", "gpt2-random"])
+def model(request):
+    return load_model(request.param)  # a fresh copy: tests write into its weights
+
+
+def test_planted_deletion_neuron_ranks_first(model):
+    w = neuron_weights(model)
+    layer, neuron = model.n_layers - 1, 17
+    with torch.no_grad():
+        w.W_out[layer][neuron] = -w.W_in[layer][:, neuron]
+    cols = neuron_weight_columns(model)
+    cos = cols["deletion_cos"]
+    assert int(np.argmin(cos)) == layer * model.d_mlp + neuron
+    assert cos.min() == pytest.approx(-1.0, abs=1e-5)
+    assert np.all(cos[np.arange(cos.size) != layer * model.d_mlp + neuron] > -0.9)
+
+
+def test_deletion_cosine_equals_direct_computation(model):
+    w = neuron_weights(model)
+    cos = deletion_cosines(w)
+    for layer in range(model.n_layers):
+        for n in (0, 5, model.d_mlp - 1):
+            a, b = w.W_in[layer][:, n].double(), w.W_out[layer][n].double()
+            assert cos[layer * model.d_mlp + n] == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-5)
+
+
+def test_neuron_writing_a_tokens_unembedding_has_it_first(model):
+    w = neuron_weights(model)
+    token = model.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    layer, neuron = 0, 3
+    with torch.no_grad():
+        w.W_out[layer][neuron] = w.W_U[:, token] * 5
+    cols = neuron_weight_columns(model)
+    row = layer * model.d_mlp + neuron
+    assert int(cols["kv_top_token_ids"][row][0]) == token
+    assert cols["kv_top_tokens"][row][0] == " Paris"
+    logits = np.asarray(cols["kv_top_logits"][row])
+    assert np.all(np.diff(logits) <= 0) and np.all(np.diff(np.asarray(cols["kv_bottom_logits"][row])) >= 0)
+
+
+def test_value_logits_follow_the_final_layernorm():
+    v = torch.tensor([[1.0, 2.0, 3.0]])
+    W_U = torch.eye(3)
+    scale = torch.tensor([1.0, 10.0, 1.0])
+    # centred (LayerNorm subtracts the mean) then scaled
+    assert value_logits(v, W_U, scale, centre=True).tolist() == [[-1.0, 0.0, 1.0]]
+    assert value_logits(v, W_U, scale, centre=False).tolist() == [[1.0, 20.0, 3.0]]

@@ -1,0 +1,268 @@
+"""The dashboard, headless: every page through `streamlit.testing.v1.AppTest` on a synthetic store
+(`dashboard/synthetic.py`, with planted neurons), the dashboard's queries, the render helpers on
+hand-made data, `serve`'s path check, and the import boundary (no torch when browsing).
+
+The real-browser test is `tests/test_e2e_browser.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard import locate, nav, render, serve
+from dashboard.synthetic import XSS_TOKEN, bin_ranges, write_synthetic_store
+from store import StoreError, open_store, queries
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "dashboard" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory) -> Path:
+    """A folder with two synthetic stores: `a` (the planted one) and `b`."""
+    root = tmp_path_factory.mktemp("stores")
+    write_synthetic_store(root / "a")
+    write_synthetic_store(root / "b", name="second-model", seed=1)
+    return root
+
+
+@pytest.fixture
+def app(store_root, monkeypatch):
+    """An AppTest on store `a`; call `.run()` or `open_page(...)`."""
+    monkeypatch.setenv(nav.ENV_VAR, str(store_root / "a"))
+    return AppTest.from_file(APP, default_timeout=60)
+
+
+def open_page(at: AppTest, page: str, **params: str) -> AppTest:
+    at.run()
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def html_of(at: AppTest) -> str:
+    return "".join(h.proto.body for h in at.html)
+
+
+# --- pages ---------------------------------------------------------------------------------
+
+
+def test_overview_shows_manifest_counts_and_charts(app):
+    at = app.run()
+    assert not at.exception
+    assert "synthetic-2x8" in at.title[0].value
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["layers"] == "2" and metrics["neurons per layer"] == "8" and metrics["tokens read"] == "96"
+    counts = at.dataframe[0].value
+    assert dict(zip(counts["table_name"], counts["n_rows"], strict=True))["neurons"] == 16
+    links = [p.proto.label for p in at.get("page_link")]
+    assert any("layer 1, neuron 5: deletion_cos = -0.900" in label for label in links)
+    assert len(at.get("vega_lite_chart")) >= 2
+
+
+def test_catalogue_lists_filters_and_links(app):
+    at = open_page(app, nav.CATALOGUE)
+    frame = at.dataframe[0].value
+    assert len(frame) == 16
+    assert frame["open"].iloc[0] == "neuron?layer=0&neuron=0"
+    at.text_input(key="promotes").input(" PARIS ").run()
+    hits = at.dataframe[0].value
+    assert (0, 2) in set(zip(hits["layer"], hits["neuron"], strict=True))
+    assert all("Paris" in t for t in hits["top_value_tokens"])
+    at.text_input(key="promotes").input("").run()
+    at.text_input(key="fires_on").input(XSS_TOKEN).run()
+    first = at.dataframe[0].value.iloc[0]
+    assert (first["layer"], first["neuron"]) == (1, 3) and first["fires_on_records"] >= 2
+    at.slider[0].set_range(1, 1).run()
+    assert set(at.dataframe[0].value["layer"]) == {1}
+    at.text_input(key="fires_on").input("no-such-token").run()
+    assert not at.exception
+    assert "No neuron matches" in at.info[0].value
+
+
+def test_neuron_deep_link_renders_everything(app):
+    at = open_page(app, nav.NEURON, layer="0", neuron="2")
+    assert at.title[0].value == "Layer 0, neuron 2"
+    body = html_of(at)
+    assert body.count("ms-focus") >= 5  # each top example outlines its own token
+    assert "Paris" in body and 'title="&#x27; Paris&#x27;: ' in body
+    assert "activation in" in at.expander[0].label  # band samples grouped by octave
+    assert any("Deletion score" in m.value for m in at.markdown)
+    links = {p.proto.label: p.proto.page for p in at.get("page_link")}
+    assert any(label.startswith("← previous (L0/N1)") for label in links)
+    assert any(label.startswith("next → (L0/N3)") for label in links)
+
+
+def test_xss_token_is_rendered_as_text(app):
+    at = open_page(app, nav.NEURON, layer="1", neuron="3")
+    body = html_of(at)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in body
+    assert "<img" not in body and "onerror=alert(1)>" not in body
+
+
+@pytest.mark.parametrize(("params", "notice"), [
+    ({"layer": "abc", "neuron": "1"}, "not a whole number"),
+    ({"layer": "0", "neuron": "999999"}, "no neuron 999999 in layer 0"),
+    ({"layer": "-4", "neuron": "0"}, "no neuron 0 in layer -4"),
+    ({"layer": "1"}, "not a whole number"),
+])
+def test_neuron_bad_params_give_a_notice(app, params, notice):
+    at = open_page(app, nav.NEURON, **params)
+    assert notice in at.warning[0].value
+    assert not at.html
+
+
+def test_neuron_without_params_offers_a_picker(app):
+    at = open_page(app, nav.NEURON)
+    assert "Pick a neuron" in at.info[0].value
+    at.number_input[0].set_value(1)
+    at.number_input[1].set_value(5)
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.title[0].value == "Layer 1, neuron 5"
+
+
+def test_sql_console_runs_examples_and_refuses_writes(app):
+    at = open_page(app, nav.SQL)
+    for example in queries.EXAMPLE_QUERIES:
+        at.selectbox(key="example").select(example).run()
+        at.button(key="run").click().run()
+        assert not at.exception and not at.error, (example, at.error)
+        assert at.success[0].value.split()[0].isdigit()
+    at.text_area(key="sql_text").input("DROP TABLE neurons").run()
+    at.button(key="run").click().run()
+    assert "only SELECT" in at.error[0].value
+    at.text_area(key="sql_text").input("SELECT * FROM tokens").run()
+    at.button(key="run").click().run()
+    assert "96 rows" in at.success[0].value
+    assert len(at.get("download_button")) == 1
+    labels = [e.label for e in at.expander]
+    assert all(any(f"`{t.name}`" in label for label in labels) for t in queries.TABLES)
+
+
+def test_store_picker_for_a_folder_of_stores(store_root, monkeypatch):
+    monkeypatch.setenv(nav.ENV_VAR, str(store_root))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert at.sidebar.selectbox[0].options == ["a", "b"]
+    at.sidebar.selectbox[0].select("b").run()
+    assert "second-model" in at.title[0].value
+    at.switch_page(nav.CATALOGUE).run()
+    assert at.dataframe[0].value["open"].iloc[0] == "neuron?layer=0&neuron=0&store=b"
+
+
+def test_missing_store_is_a_readable_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(nav.ENV_VAR, str(tmp_path / "nowhere"))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception and "does not exist" in at.error[0].value
+
+
+# --- queries -------------------------------------------------------------------------------
+
+
+def test_queries_examples_and_neighbours(store_root):
+    store = open_store(store_root / "a")
+    top = queries.neuron_examples(store, 1, 3, "top").to_pylist()
+    assert [e["rank"] for e in top] == list(range(len(top)))
+    for e in top:
+        assert len(e["context_tokens"]) == len(e["context_acts"])
+        assert e["context_tokens"][e["pos"] - e["ctx_start"]] == XSS_TOKEN
+    near = {r["direction"]: (r["layer"], r["neuron"]) for r in queries.neighbours(store, 1, 0).to_pylist()}
+    assert near == {"prev": (0, 7), "next": (1, 1)}
+    assert [r["direction"] for r in queries.neighbours(store, 0, 0).to_pylist()] == ["next"]
+    with pytest.raises(KeyError):
+        queries.notable_neurons(store, "max; DROP TABLE x", True, 3)
+
+
+# --- render helpers ------------------------------------------------------------------------
+
+
+def test_heatmap_escapes_and_colours():
+    out = render.heatmap_html([XSS_TOKEN, ' "q" & <b>'], [2.0, float("nan")], vmax=2.0, focus=0)
+    assert "<img" not in out and "<b>" not in out
+    assert "&lt;img src=x onerror=alert(1)&gt;" in out and "&quot;q&quot; &amp; &lt;b&gt;" in out
+    assert "outline:2px" in out.split("</span>")[0] and "outline" not in out.split("</span>")[1]
+    assert "BOS" in out.split("</span>")[1]
+    assert render.activation_colour(2.0, 2.0).endswith(",0.85)")
+    assert render.activation_colour(0.0, 2.0).endswith(",0.0)")
+    assert render.activation_colour(-1.0, 2.0, -0.2).startswith("rgba(33,102,172,0.42")  # negatives on max scale
+    assert render.activation_colour(None, 1.0) == render.activation_colour(float("nan"), 1.0)
+
+
+def test_bins_octaves_and_histogram_rows():
+    ranges = bin_ranges()
+    assert render.bin_bounds(ranges)[0] == (-math.inf, -64.0) and render.bin_bounds(ranges)[-1][1] == math.inf
+    assert render.bin_label(0.5, 0.5946) == "[0.5, 0.595)"
+    assert render.bin_label(-1.0, -0.5) == "(−1, −0.5]"
+    samples = [{"rank": 50 + 4 * 5 + 1, "activation": 0.6}, {"rank": 50 + 4 * 5, "activation": 0.5},
+               {"rank": 98, "activation": 80.0}, {"rank": 40, "activation": -0.2}, {"rank": 500, "activation": 1}]
+    groups = render.group_by_octave(samples, ranges)
+    assert [label for label, _ in groups] == ["≥ 64", "[0.5, 1)", "(−0.125, −0.0625]", "other bins"]
+    assert [s["activation"] for s in groups[1][1]] == [0.6, 0.5]
+    rows = render.histogram_rows([0, 0, 3, 0, 1, 0], ranges)
+    assert [r["bin"] for r in rows] == [2, 3, 4] and rows[1]["count"] == 0
+    assert render.histogram_rows([0, 0], ranges) == []
+
+
+def test_small_helpers():
+    assert render.token_label(" a\nb\t") == "·a↵b⇥"
+    assert render.token_list_label([" x", "y", "z"], 2) == "·x  y"
+    assert render.parse_int(" 12 ") == 12 and render.parse_int("1.5") is None and render.parse_int(None) is None
+    assert render.neuron_url(3, 17) == "neuron?layer=3&neuron=17"
+    assert render.neuron_url(3, 17, "my store") == "neuron?layer=3&neuron=17&store=my+store"
+    assert "Strongly negative" in render.deletion_sentence(-0.9)
+    assert "Near zero" in render.deletion_sentence(0.01)
+    assert render.md_escape("a*b_c") == "a\\*b\\_c"
+    assert ("model.n_layers", "2") in render.flat_items({"model": {"n_layers": 2}})
+    assert nav.store_root(["app.py", "--", "--store", "/x"]) == "/x"
+    assert nav.store_root(["app.py", "--store", "/y"]) == "/y"
+
+
+# --- serve and the import boundary ---------------------------------------------------------
+
+
+def test_serve_checks_the_path_before_starting(store_root, tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(serve.subprocess, "Popen", lambda *a, **k: started.append(a) or pytest.fail("started"))
+    for bad in (tmp_path / "missing", tmp_path):
+        with pytest.raises(StoreError, match="does not exist|neither a store"):
+            serve.serve(bad)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        serve.serve(tmp_path / "file.txt")
+    assert started == []
+    assert locate.find_stores(store_root) == [store_root / "a", store_root / "b"]
+    cmd = serve.streamlit_command(store_root / "a", port=9999)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[-2:] == ["--store", str(store_root / "a")]
+    assert cmd[cmd.index("--server.port"):][:2] == ["--server.port", "9999"]
+
+
+BOUNDARY_SCRIPT = """
+import sys
+from streamlit.testing.v1 import AppTest
+import dashboard.serve, dashboard.data, dashboard.nav, dashboard.render, dashboard.charts, dashboard.locate
+at = AppTest.from_file(sys.argv[1], default_timeout=60).run()
+for page, params in (("views/neuron.py", {"layer": "1", "neuron": "3"}), ("views/neurons.py", {}),
+                     ("views/sql.py", {})):
+    at.query_params.update(params)
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+print("HEAVY", sorted(m for m in ("torch", "transformer_lens", "transformers") if m in sys.modules))
+"""
+
+
+def test_browsing_never_imports_torch(store_root):
+    """Every page runs in a fresh interpreter without torch, transformer_lens or transformers."""
+    env = {**os.environ, nav.ENV_VAR: str(store_root / "a")}
+    out = subprocess.run([sys.executable, "-c", BOUNDARY_SCRIPT, APP], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "HEAVY []" in out.stdout, out.stdout
