@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=_positive, default=8)
     b.add_argument("--top-k", type=_positive, default=20)
     b.add_argument("--records", type=_positive, default=256, help="activation records per neuron")
-    b.add_argument("--hist-sample", type=int, choices=(1, 2, 4, 8, 16), default=4,
+    b.add_argument("--hist-sample", type=int, choices=(1, 2, 4, 8, 16), default=8,
                    help="histograms and band samples see 1 in N positions (by position hash)")
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     b.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")

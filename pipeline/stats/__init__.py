@@ -25,7 +25,7 @@ class StatsConfig:
     records: int = 256  # sparse activation records per neuron (`activations` table)
     context_before: int = 16
     context_after: int = 4
-    hist_sample_shift: int = 2  # histograms and band samples see 1 / 2^shift of the positions
+    hist_sample_shift: int = 3  # histograms and band samples see 1 / 2^shift of the positions
 
     @property
     def window(self) -> ContextWindow:

@@ -29,18 +29,29 @@ class TopActivations:
         self.top_k, self.n_records, self.seq_len, self.window = top_k, records, seq_len, window
         width = window.width(seq_len)
         self.examples = [TopPool(d_mlp, top_k, width, device) for _ in range(n_layers)]
+        self._seen = [0] * n_layers  # positions seen per layer: decides when to pre-filter
         self.records = [TopPool(d_mlp, records, 0, device) for _ in range(n_layers)]
 
     def update(self, layer: int, acts: torch.Tensor, flat: torch.Tensor, batch: TokenBatch) -> None:
         records, examples = self.records[layer], self.examples[layer]
         # Only activations above the current R-th best can enter either list (R >= k).
-        rows, neurons = (flat > records.threshold).nonzero(as_tuple=True)
+        mask = flat > records.threshold
+        early = self._seen[layer] < _EARLY * self.n_records
+        self._seen[layer] += flat.shape[0]
+        if early:
+            # Early in the stream nearly everything passes: keep only this batch's own top R per
+            # neuron (>= its R-th value, so ties stay in) before parking candidates. Any filter
+            # that keeps the batch's top R is exact; this one only saves time.
+            mask &= flat >= _kth_largest(flat, self.n_records)
+        rows, neurons = mask.nonzero(as_tuple=True)
         if rows.numel() == 0:
             return
         values = flat[rows, neurons]
         keys = encode_top(values, batch.positions[rows])
         records.offer(neurons, keys)
         hit = values > examples.threshold[neurons]
+        if early:
+            hit &= values >= _kth_largest(flat, self.top_k)[neurons]  # likewise, before gathering contexts
         if hit.any():
             rows, neurons, keys = rows[hit], neurons[hit], keys[hit]
             ctx = self.window.gather(acts, batch.valid_rows[rows], neurons, batch.is_bos)
@@ -106,3 +117,13 @@ class TopActivations:
         rows["ctx_start"] = self.window.start(pos, self.seq_len).numpy().astype(np.int16)
         rows["context_acts"] = list(ctx)
         return rows
+
+
+_EARLY = 8  # pre-filter while fewer than 8 R positions were seen (then ~1/8 of a batch would pass)
+
+
+def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """[d_mlp] the k-th largest value of each column (-inf where a column has fewer rows)."""
+    if flat.shape[0] < k:
+        return torch.full((flat.shape[1],), float("-inf"), device=flat.device)
+    return flat.topk(k, dim=0, sorted=False).values.amin(0)
