@@ -22,3 +22,26 @@ def gpt2_tokenizer():
     assert tok("Hello world, the quick brown fox", add_special_tokens=False)["input_ids"] == [
         15496, 995, 11, 262, 2068, 7586, 21831]
     return tok
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    """Leave without interpreter finalization once pytest has printed its summary.
+
+    DuckDB 2.0's nanobind bindings print dozens of "leaked instance" lines when the interpreter
+    tears down while connections are still referenced (Streamlit's resource cache holds some),
+    which buries pytest's closing line. The exit status is pytest's own.
+    """
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit_status)

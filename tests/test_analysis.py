@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.analysis import neuron_weight_columns
 from pipeline.analysis.deletion import deletion_cosines
-from pipeline.analysis.key_value import value_logits
+from pipeline.analysis.key_value import value_logits, value_tokens
 from pipeline.models import load_model
 from pipeline.weights import neuron_weights
 
@@ -23,8 +25,7 @@ def test_planted_deletion_neuron_ranks_first(model):
     layer, neuron = model.n_layers - 1, 17
     with torch.no_grad():
         w.W_out[layer][neuron] = -w.W_in[layer][:, neuron]
-    cols = neuron_weight_columns(model)
-    cos = cols["deletion_cos"]
+    cos = deletion_cosines(neuron_weights(model))
     assert int(np.argmin(cos)) == layer * model.d_mlp + neuron
     assert cos.min() == pytest.approx(-1.0, abs=1e-5)
     assert np.all(cos[np.arange(cos.size) != layer * model.d_mlp + neuron] > -0.9)
@@ -42,15 +43,26 @@ def test_deletion_cosine_equals_direct_computation(model):
 def test_neuron_writing_a_tokens_unembedding_has_it_first(model):
     w = neuron_weights(model)
     token = model.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
-    layer, neuron = 0, 3
+    neuron = 3
     with torch.no_grad():
-        w.W_out[layer][neuron] = w.W_U[:, token] * 5
+        w.W_out[0][neuron] = w.W_U[:, token] * 5
+    # layer 0 only: the full key-value pass over GPT-2 small takes ~30 s
+    top_ids, top_logits, _, bottom_logits = value_tokens(
+        replace(w, W_in=w.W_in[:1], W_out=w.W_out[:1]), centre=True)
+    assert int(top_ids[neuron][0]) == token
+    assert np.all(np.diff(top_logits[neuron]) <= 0) and np.all(np.diff(bottom_logits[neuron]) >= 0)
+
+
+def test_weight_columns_name_the_value_tokens():
+    model = load_model("tiny-gpt2")
+    w = neuron_weights(model)
+    token = model.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        w.W_out[1][7] = w.W_U[:, token] * 5
     cols = neuron_weight_columns(model)
-    row = layer * model.d_mlp + neuron
-    assert int(cols["kv_top_token_ids"][row][0]) == token
-    assert cols["kv_top_tokens"][row][0] == " Paris"
-    logits = np.asarray(cols["kv_top_logits"][row])
-    assert np.all(np.diff(logits) <= 0) and np.all(np.diff(np.asarray(cols["kv_bottom_logits"][row])) >= 0)
+    row = model.d_mlp + 7
+    assert int(cols["kv_top_token_ids"][row][0]) == token and cols["kv_top_tokens"][row][0] == " Paris"
+    assert len(cols["deletion_cos"]) == len(cols["kv_bottom_tokens"]) == model.n_layers * model.d_mlp
 
 
 def test_value_logits_follow_the_final_layernorm():
