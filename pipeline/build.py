@@ -57,9 +57,14 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
     writer = StoreWriter(out, resume=resume)
     try:
         corpora.check_corpus(params.corpus)
-        from pipeline.models import load_model
+        from pipeline.models import ModelError, load_model
 
+        _check_device(device)
         model = load_model(params.model, device=device, dtype=getattr(torch, params.dtype))
+        n_ctx = model.facts.get("n_ctx")
+        if n_ctx and params.stats.seq_len > n_ctx:
+            raise ModelError(f"seq_len {params.stats.seq_len} is longer than the context of model "
+                             f"{params.model!r} ({n_ctx} tokens)")
     except Exception:
         if not resume:
             writer.abort()
@@ -73,19 +78,25 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
                    done_tokens=tokens_done, enabled=progress)
     last_save = time.monotonic()
     next_window = start_window
-    for batch in harvest_windows(harvest, params, start_window=start_window):
-        next_window = int(batch.seq_ids[-1]) + 1
-        tokens_done += batch.token_ids.size
-        bar.update(batch.token_ids.size)
-        elapsed = elapsed_before + time.perf_counter() - started
-        if stop_after_windows is not None and next_window >= stop_after_windows:
-            _save(writer.work_dir, params, harvest, next_window, tokens_done, elapsed)
-            bar.close()
-            raise BuildInterrupted(next_window)
-        if time.monotonic() - last_save > checkpoint_every_s:
-            _save(writer.work_dir, params, harvest, next_window, tokens_done, elapsed)
-            last_save = time.monotonic()
-    bar.close()
+    try:
+        for batch in harvest_windows(harvest, params, start_window=start_window):
+            next_window = int(batch.seq_ids[-1]) + 1
+            tokens_done += batch.token_ids.size
+            bar.update(batch.token_ids.size)
+            elapsed = elapsed_before + time.perf_counter() - started
+            if stop_after_windows is not None and next_window >= stop_after_windows:
+                _save(writer.work_dir, params, harvest, next_window, tokens_done, elapsed)
+                raise BuildInterrupted(next_window)
+            if time.monotonic() - last_save > checkpoint_every_s:
+                _save(writer.work_dir, params, harvest, next_window, tokens_done, elapsed)
+                last_save = time.monotonic()
+    except Exception:
+        # e.g. a bad line further into the corpus: with no checkpoint yet there is nothing to resume
+        if not resume and not (writer.work_dir / CHECKPOINT).exists():
+            writer.abort()
+        raise
+    finally:
+        bar.close()
     if next_window == 0:
         if not resume:
             writer.abort()
@@ -143,6 +154,21 @@ def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Neuron
         "tokens_per_s": round(n_tokens / max(timings.get("harvest_s", 0.0), 1e-9), 1),
     }
     return writer.commit(manifest)
+
+
+def _check_device(device: str) -> None:
+    """ModelError (one line) for a device torch does not know or this machine does not have."""
+    from pipeline.models import ModelError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ModelError(f"unknown device {device!r} (use cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ModelError(f"device {device!r} is not available here "
+                         f"({torch.cuda.device_count()} CUDA devices); use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {device!r} is not available here; use --device cpu")
 
 
 class BuildInterrupted(Exception):

@@ -45,6 +45,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seq_len(text: str) -> int:
+    value = _positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is too short: a window holds BOS and at least one token")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mechscope", description="Neuron catalogues for GPT-2-style models, offline.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -54,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--corpus", required=True, help="wiki-vital, a .txt/.jsonl/.parquet file or folder, hf:NAME")
     b.add_argument("--max-tokens", type=_count, default=None, help="tokens to read (windows x seq-len)")
     b.add_argument("--out", required=True, help="new (or empty) folder for the store")
-    b.add_argument("--seq-len", type=_positive, default=128)
+    b.add_argument("--seq-len", type=_seq_len, default=128)
     b.add_argument("--batch-size", type=_positive, default=8)
     b.add_argument("--top-k", type=_positive, default=20)
     b.add_argument("--records", type=_positive, default=256, help="activation records per neuron")
@@ -91,7 +98,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "build" and args.max_tokens is not None and args.max_tokens < args.seq_len:
+        parser.error(f"--max-tokens {args.max_tokens} is less than one window of --seq-len {args.seq_len}")
+    try:  # Ctrl-C while torch is still being imported is an interruption too, not a traceback
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"mechscope {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
     from store import StoreError
 
     user_errors: tuple[type[BaseException], ...] = (StoreError,)
@@ -106,10 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors as e:
         print(f"mechscope {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER
-    except KeyboardInterrupt:
-        hint = "; continue with --resume" if args.command == "build" else ""
-        print(f"mechscope {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+
+
+def _resume_hint(args) -> str:
+    """How to continue an interrupted build, when it left an unfinished folder to continue from."""
+    if args.command not in ("build", "demo"):
+        return ""
+    out = Path(args.out if args.command == "build" else args.dir).expanduser().absolute()
+    if not out.with_name(out.name + ".partial").is_dir():
+        return ""
+    return "; continue with --resume" if args.command == "build" else "; run `mechscope demo` again to continue"
 
 
 def _build(args) -> int:
@@ -151,8 +175,12 @@ def _info(args) -> int:
 
 def _verify(args) -> int:
     from store import verify_store
+    from store.manifest import MANIFEST_NAME, read_manifest
 
-    problems = verify_store(args.store)
+    path = Path(args.store).expanduser().absolute()
+    if not (path / MANIFEST_NAME).is_file():
+        read_manifest(path)  # not a store at all (missing, a file, no manifest, unfinished): one-line StoreError
+    problems = verify_store(path)
     for p in problems:
         print(f"FAIL  {p}")
     if problems:
