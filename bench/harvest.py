@@ -30,9 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.models import load_model  # noqa: E402
-
 from pipeline.harvest import NeuronHarvest  # noqa: E402
+from pipeline.models import load_model  # noqa: E402
 from pipeline.stats import StatsConfig  # noqa: E402
 
 

@@ -109,6 +109,8 @@ def _neuron_rows(rng: np.random.Generator, acts: np.ndarray) -> tuple[list[dict]
                 "kv_bottom_token_ids": bottom, "kv_bottom_tokens": [VOCAB[i] for i in bottom],
                 "kv_bottom_logits": sorted(rng.uniform(-3.0, -0.5, 5).tolist()),
                 "kv_agreement_frac": None if (layer, n) == (1, 7) else float(rng.integers(0, TOP_K + 1) / TOP_K),
+                "nbr_neurons": [m for m in range(D_MLP) if m != n][:3],
+                "nbr_cos": sorted(rng.uniform(-0.2, 0.9, 3).tolist(), reverse=True),
             })
     return neurons, examples, records
 

@@ -22,11 +22,11 @@ import torch
 
 from pipeline import corpus as corpora
 from pipeline.analysis import neuron_weight_columns
+from pipeline.corpus_tables import agreement_column, write_corpus_tables
 from pipeline.harvest import NeuronHarvest
 from pipeline.progress import Progress
 from pipeline.stats import StatsConfig
 from pipeline.stats import bins as hist_bins
-from pipeline.tables import agreement_column, write_corpus_tables
 from pipeline.windows import iter_windows
 from store import StoreWriter
 

@@ -22,7 +22,7 @@ Documents whose text is empty or whitespace-only are skipped; `doc_id` counts th
 yielded, 0-based. Path corpora are streamed, never held whole; wiki-vital's 6.5 MB JSON is.
 
 What is elsewhere: tokenization and packing into windows in `pipeline/windows.py`; the
-`documents` table in `pipeline/tables.py`.
+`documents` table in `pipeline/corpus_tables.py`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ tokenizer's batch call, and reading stops at the last window needed: memory stay
 the group and the batch, not the corpus.
 
 What is elsewhere: where documents come from in `pipeline/corpus.py`; the `documents` and
-`tokens` tables in `pipeline/tables.py`; the choice of `bos_id` per model in
+`tokens` tables in `pipeline/corpus_tables.py`; the choice of `bos_id` per model in
 `pipeline/models.py` (`document_separator`).
 """
 

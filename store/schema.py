@@ -121,6 +121,13 @@ NEURONS = Table(
         _c("kv_bottom_tokens", pa.list_(pa.string()), "Those tokens as text."),
         _c("kv_bottom_logits", pa.list_(pa.float32()), "Their logits."),
         _c(
+            "nbr_neurons",
+            pa.list_(pa.int32()),
+            "The 10 neurons of the same layer whose output weight vectors are most similar "
+            "(cosine) to this one's: they write nearly the same direction.",
+        ),
+        _c("nbr_cos", pa.list_(pa.float32()), "Those cosines, highest first."),
+        _c(
             "kv_agreement_frac",
             pa.float32(),
             "Fraction of the neuron's top-k activating positions whose next token is among "

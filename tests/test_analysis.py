@@ -72,3 +72,21 @@ def test_value_logits_follow_the_final_layernorm():
     # centred (LayerNorm subtracts the mean) then scaled
     assert value_logits(v, W_U, scale, centre=True).tolist() == [[-1.0, 0.0, 1.0]]
     assert value_logits(v, W_U, scale, centre=False).tolist() == [[1.0, 20.0, 3.0]]
+
+
+def test_planted_twin_is_the_nearest_neighbour(model):
+    from pipeline.analysis.neighbours import output_neighbours
+
+    w = neuron_weights(model)
+    a, b = 11, 40
+    with torch.no_grad():
+        w.W_out[0][b] = 3 * w.W_out[0][a]
+    ids, cos = output_neighbours(replace(w, W_out=w.W_out[:1]))
+    assert ids.shape == (model.d_mlp, 10)
+    assert ids[a][0] == b and ids[b][0] == a and cos[a][0] == pytest.approx(1.0, abs=1e-5)
+    assert np.all(np.diff(cos, axis=1) <= 0) and not np.any(ids == np.arange(model.d_mlp)[:, None])
+    # independent check on one neuron
+    unit = torch.nn.functional.normalize(w.W_out[0].double(), dim=1)
+    sims = (unit @ unit[5]).numpy()
+    sims[5] = -np.inf
+    assert list(ids[5]) == list(np.argsort(-sims, kind="stable")[:10])
