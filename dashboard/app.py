@@ -28,6 +28,7 @@ pages = [
     st.Page(nav.OVERVIEW, title="Overview", icon=":material/home:", default=True),
     st.Page(nav.CATALOGUE, title="Neuron catalogue", icon=":material/table_rows:"),
     st.Page(nav.NEURON, title="Neuron", icon=":material/neurology:"),
+    st.Page(nav.DELETION, title="Deletion neurons", icon=":material/remove_circle:"),
     st.Page(nav.SQL, title="SQL console", icon=":material/terminal:"),
 ]
 page = st.navigation(pages)

@@ -15,13 +15,15 @@ import pandas as pd
 
 
 def per_layer(rows: pd.DataFrame, field: str, title: str, fmt: str = ".3g") -> alt.Chart:
-    """Bar chart of one per-layer value (rows from `layer_summary`)."""
+    """Bar chart of one per-layer value (rows with `layer`, `n_neurons` and the field, such as
+    `layer_summary`'s); fmt "d" makes it a count, with whole-number ticks."""
+    y_axis = alt.Axis(format="d", tickMinStep=1) if fmt == "d" else alt.Axis()
     return (
         alt.Chart(rows, title=title)
         .mark_bar(color="#e66101")
         .encode(
             x=alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0)),
-            y=alt.Y(f"{field}:Q", title=None),
+            y=alt.Y(f"{field}:Q", title=None, axis=y_axis),
             tooltip=[alt.Tooltip("layer:O"), alt.Tooltip(f"{field}:Q", format=fmt), alt.Tooltip("n_neurons:Q")],
         )
         .properties(height=260)

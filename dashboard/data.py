@@ -59,12 +59,21 @@ def notable_neurons(path: str, column: str, descending: bool, n: int = 5) -> lis
     return queries.notable_neurons(get_store(path), column, descending, n).to_pylist()
 
 
+@st.cache_data(show_spinner=False, ttl=_TTL_S)
+def score_bounds(path: str) -> dict[str, tuple[float, float]]:
+    """column -> (smallest, largest value) for each of `queries.RANGE_COLUMNS` that has values."""
+    row = queries.score_bounds(get_store(path)).to_pylist()[0]
+    return {c: (float(row[f"{c}_lo"]), float(row[f"{c}_hi"])) for c in queries.RANGE_COLUMNS
+            if row[f"{c}_lo"] is not None}
+
+
 @st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=64)
 def catalogue(path: str, layer_lo: int, layer_hi: int, promotes: str = "", fires_on: str = "",
-              store_name: str | None = None) -> pd.DataFrame:
+              store_name: str | None = None, ranges: tuple[tuple[str, float, float], ...] = ()) -> pd.DataFrame:
     """The catalogue rows, display-ready (cached with them: ~0.2 s per 50k neurons): an `open`
-    column of neuron-page links first, and the first value tokens as one text label."""
-    frame = queries.neuron_catalogue(get_store(path), layer_lo, layer_hi, promotes, fires_on).to_pandas()
+    column of neuron-page links first, and the first value tokens as one text label.
+    `ranges`: (column, lo, hi) score-range filters, applied in SQL."""
+    frame = queries.neuron_catalogue(get_store(path), layer_lo, layer_hi, promotes, fires_on, ranges).to_pandas()
     frame.insert(0, "open", [render.neuron_url(int(layer), int(neuron), store_name)
                              for layer, neuron in zip(frame["layer"], frame["neuron"], strict=True)])
     frame["top_value_tokens"] = [render.token_list_label(t, queries.N_VALUE_TOKENS) for t in frame["top_value_tokens"]]
@@ -86,6 +95,18 @@ def examples(path: str, layer: int, neuron: int, kind: str) -> list[dict]:
 def neighbours(path: str, layer: int, neuron: int) -> dict[str, tuple[int, int]]:
     rows = queries.neighbours(get_store(path), layer, neuron).to_pylist()
     return {r["direction"]: (int(r["layer"]), int(r["neuron"])) for r in rows}
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=64)
+def deletion_neurons(path: str, n: int, layer_lo: int, layer_hi: int, n_examples: int = 3) -> list[dict]:
+    """The most deletion-like neurons, each with `examples` (its top examples, by rank)."""
+    rows = queries.deletion_neurons(get_store(path), n, layer_lo, layer_hi, n_examples).to_pylist()
+    return [{**r, "examples": r["examples"] or []} for r in rows]
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=64)
+def deletion_counts(path: str, threshold: float) -> pd.DataFrame:
+    return queries.deletion_counts(get_store(path), threshold).to_pandas()
 
 
 def tables(path: str) -> list[str]:

@@ -20,6 +20,7 @@ from store import StoreError
 OVERVIEW = "views/overview.py"
 CATALOGUE = "views/neurons.py"
 NEURON = "views/neuron.py"
+DELETION = "views/deletion.py"
 SQL = "views/sql.py"
 ENV_VAR = "MECHSCOPE_STORE"
 _KEY = "mechscope_store"  # (path, name or None) of the store this session browses

@@ -97,6 +97,13 @@ def examples_html(examples: Sequence[dict], vmax: float, vmin: float = 0.0) -> s
     return "".join(example_html(e, vmax, vmin) for e in examples)
 
 
+def value_tokens_html(tokens: Sequence[str] | None, label: str = "promotes") -> str:
+    """A neuron's value tokens as one line of HTML, each escaped, in a code box."""
+    style = "background:rgba(128,128,128,0.13);border-radius:3px;padding:0 4px;margin-right:2px;"
+    boxes = " ".join(f'<code style="{style}">{html.escape(token_label(t))}</code>' for t in (tokens or []))
+    return f'<div style="margin:0.1em 0 0.4em 0;font-size:0.92em;">{html.escape(label)}: {boxes or "—"}</div>'
+
+
 def bound_label(x: float) -> str:
     if math.isinf(x):
         return "∞" if x > 0 else "−∞"
@@ -194,6 +201,31 @@ def deletion_sentence(cos: float | None) -> str:
     if cos < 0.2:
         return base + "Near zero: what it writes is unrelated to what it reads."
     return base + "Positive: it reinforces the direction it reads."
+
+
+_LADDER = sorted(float(f"{m}e{e}") for e in range(-6, 10) for m in (1, 2, 3, 5))  # exact decimals
+
+
+def ladder_stops(lo: float, hi: float, span: float = 1e4) -> list[float]:
+    """Slider stops covering [lo, hi] for a value spread over decades (a neuron's max activation):
+    1-2-3-5 steps per decade, from the smallest such step >= hi down to hi/span; the low end is the
+    largest step <= lo, else 0, else minus the smallest step >= -lo (with 0 as a stop too)."""
+    top = next((v for v in _LADDER if v >= hi), _LADDER[-1]) if hi > 0 else 0.0
+    floor = top / span
+    if lo >= floor:
+        bottom = max((v for v in _LADDER if v <= lo), default=floor)
+    elif lo >= 0:
+        bottom = 0.0
+    else:
+        bottom = -next((v for v in _LADDER if v >= -lo), _LADDER[-1])
+    inner = [v for v in _LADDER if bottom < v < top and v >= floor]
+    stops = [bottom] + ([0.0] if bottom < 0 < top else []) + inner + [top]
+    return sorted(set(stops))
+
+
+def stop_label(x: float) -> str:
+    """A slider stop as short text (also its value in the URL)."""
+    return f"{x:g}"
 
 
 def neuron_query(layer: int, neuron: int, store: str | None = None) -> dict[str, str]:

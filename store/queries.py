@@ -11,6 +11,7 @@ user reads, edits and re-runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 # Catalogue columns, in display order; the list columns are the first few value tokens.
 CATALOGUE_COLUMNS = ("layer", "neuron", "max", "density_frac", "deletion_cos", "kv_agreement_frac")
+# Numeric `neurons` columns the catalogue can filter by range (and `score_bounds` reports).
+RANGE_COLUMNS = ("max", "density_frac", "deletion_cos", "kv_agreement_frac")
 N_VALUE_TOKENS = 5
 
 
@@ -69,20 +72,41 @@ def notable_neurons(store: Store, column: str, descending: bool, n: int) -> pa.T
     )
 
 
+def score_bounds(store: Store) -> pa.Table:
+    """One row: `{column}_lo` and `{column}_hi` (smallest and largest value) per RANGE_COLUMNS."""
+    parts = ", ".join(f'min("{c}") AS "{c}_lo", max("{c}") AS "{c}_hi"' for c in RANGE_COLUMNS)
+    return store.sql(f"SELECT {parts} FROM neurons", [])
+
+
 def _norm(text: str) -> str:
     return text.strip().lower()
 
 
-def neuron_catalogue(store: Store, layer_lo: int, layer_hi: int, promotes: str = "", fires_on: str = "") -> pa.Table:
+def _range_filter(ranges: Sequence[tuple[str, float, float]]) -> tuple[str, list]:
+    """SQL conditions `AND n."col" BETWEEN ? AND ?` for (column, lo, hi) triples, and their values.
+    A null value (kv_agreement_frac without a next token) is outside every range."""
+    sql, params = "", []
+    for column, lo, hi in ranges:
+        if column not in RANGE_COLUMNS:
+            raise KeyError(f"no range filter on {column!r}")  # only schema identifiers reach the SQL
+        sql += f' AND n."{column}" BETWEEN ? AND ?'
+        params += [float(lo), float(hi)]
+    return sql, params
+
+
+def neuron_catalogue(store: Store, layer_lo: int, layer_hi: int, promotes: str = "", fires_on: str = "",
+                     ranges: Sequence[tuple[str, float, float]] = ()) -> pa.Table:
     """Neurons in [layer_lo, layer_hi] with their headline numbers and first value tokens.
 
     `promotes`: keep neurons whose top value tokens include it. `fires_on`: keep neurons with
     activation records on it, adding `fires_on_records` (how many) and `fires_on_max`. Both
-    compare token text with surrounding whitespace stripped, case-insensitively.
+    compare token text with surrounding whitespace stripped, case-insensitively. `ranges`:
+    (column, lo, hi) triples over RANGE_COLUMNS, inclusive, all of which must hold.
     """
     cols = ", ".join(f'n."{c}"' for c in CATALOGUE_COLUMNS)
-    params: list = [N_VALUE_TOKENS, layer_lo, layer_hi]
-    where = "n.layer BETWEEN ? AND ?"
+    range_sql, range_params = _range_filter(ranges)
+    params: list = [N_VALUE_TOKENS, layer_lo, layer_hi, *range_params]
+    where = "n.layer BETWEEN ? AND ?" + range_sql
     if promotes.strip():
         where += " AND list_contains(list_transform(n.kv_top_tokens, lambda t: lower(trim(t))), ?)"
         params.append(_norm(promotes))
@@ -143,6 +167,48 @@ def neighbours(store: Store, layer: int, neuron: int) -> pa.Table:
           WHERE layer > ? OR (layer = ? AND neuron > ?) ORDER BY layer, neuron LIMIT 1)
         """,
         [layer, layer, neuron, layer, layer, neuron],
+    )
+
+
+def deletion_neurons(store: Store, n: int, layer_lo: int, layer_hi: int, n_examples: int = 3) -> pa.Table:
+    """The `n` neurons of layers [layer_lo, layer_hi] with the most negative deletion_cos (ties:
+    layer, neuron), each with its headline numbers, first value tokens and `examples`: its top
+    `n_examples` activating examples by rank, shaped as `neuron_examples` rows (list of structs)."""
+    return store.sql(
+        """
+        WITH d AS (
+            SELECT layer, neuron, deletion_cos, "max", "min", density_frac, kv_top_tokens[1:?] AS top_value_tokens
+            FROM neurons WHERE deletion_cos IS NOT NULL AND layer BETWEEN ? AND ?
+            ORDER BY deletion_cos, layer, neuron LIMIT ?
+        ), e AS (
+            SELECT e.layer, e.neuron, e.rank, e.seq_id, e.pos, e.activation, e.ctx_start, e.context_acts,
+                   (SELECT list(t.token ORDER BY t.pos) FROM tokens t
+                     WHERE t.seq_id = e.seq_id
+                       AND t.pos BETWEEN e.ctx_start AND e.ctx_start + len(e.context_acts) - 1) AS context_tokens
+            FROM neuron_examples e SEMI JOIN d ON d.layer = e.layer AND d.neuron = e.neuron
+            WHERE e.kind = 'top' AND e.rank < ?
+        ), g AS (
+            SELECT layer, neuron,
+                   list({'rank': rank, 'seq_id': seq_id, 'pos': pos, 'activation': activation,
+                         'ctx_start': ctx_start, 'context_acts': context_acts,
+                         'context_tokens': context_tokens} ORDER BY rank) AS examples
+            FROM e GROUP BY layer, neuron
+        )
+        SELECT d.*, g.examples FROM d LEFT JOIN g USING (layer, neuron)
+        ORDER BY d.deletion_cos, d.layer, d.neuron
+        """,
+        [N_VALUE_TOKENS, layer_lo, layer_hi, n, n_examples],
+    )
+
+
+def deletion_counts(store: Store, threshold: float) -> pa.Table:
+    """Per layer: `n_neurons` and `n_below`, how many have deletion_cos < threshold."""
+    return store.sql(
+        """
+        SELECT layer, count(*) AS n_neurons, count(*) FILTER (WHERE deletion_cos < ?) AS n_below
+        FROM neurons GROUP BY layer ORDER BY layer
+        """,
+        [threshold],
     )
 
 

@@ -1,7 +1,6 @@
 """The dashboard, headless: every page through `streamlit.testing.v1.AppTest` on a synthetic store
 (`dashboard/synthetic.py`, with planted neurons), the dashboard's queries, the render helpers on
 hand-made data, `serve`'s path check, and the import boundary (no torch when browsing).
-
 The real-browser test is `tests/test_e2e_browser.py`.
 """
 
@@ -41,9 +40,7 @@ def app(store_root, monkeypatch):
 
 
 def open_page(at: AppTest, page: str, **params: str) -> AppTest:
-    at.run()
-    for k, v in params.items():
-        at.query_params[k] = v
+    at.run().query_params.update(params)
     at.switch_page(page).run()
     assert not at.exception, at.exception
     return at
@@ -53,31 +50,32 @@ def html_of(at: AppTest) -> str:
     return "".join(h.proto.body for h in at.html)
 
 
+def pairs(frame) -> list[tuple[int, int]]:
+    return list(zip(frame["layer"], frame["neuron"], strict=True))
+
+
 # --- pages ---------------------------------------------------------------------------------
 
 
 def test_overview_shows_manifest_counts_and_charts(app):
     at = app.run()
-    assert not at.exception
-    assert "synthetic-2x8" in at.title[0].value
+    assert not at.exception and "synthetic-2x8" in at.title[0].value
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["layers"] == "2" and metrics["neurons per layer"] == "8" and metrics["tokens read"] == "96"
-    counts = at.dataframe[0].value
-    assert dict(zip(counts["table_name"], counts["n_rows"], strict=True))["neurons"] == 16
-    links = [p.proto.label for p in at.get("page_link")]
+    assert dict(at.dataframe[0].value[["table_name", "n_rows"]].values.tolist())["neurons"] == 16
+    links = {p.proto.label: p.proto.page for p in at.get("page_link")}
     assert any("layer 1, neuron 5: deletion_cos = -0.900" in label for label in links)
+    assert "deletion" in links.values() and any("separators between packed documents" in m.value for m in at.markdown)
     assert len(at.get("vega_lite_chart")) >= 2
 
 
 def test_catalogue_lists_filters_and_links(app):
     at = open_page(app, nav.CATALOGUE)
     frame = at.dataframe[0].value
-    assert len(frame) == 16
-    assert frame["open"].iloc[0] == "neuron?layer=0&neuron=0"
+    assert len(frame) == 16 and frame["open"].iloc[0] == "neuron?layer=0&neuron=0"
     at.text_input(key="promotes").input(" PARIS ").run()
     hits = at.dataframe[0].value
-    assert (0, 2) in set(zip(hits["layer"], hits["neuron"], strict=True))
-    assert all("Paris" in t for t in hits["top_value_tokens"])
+    assert (0, 2) in pairs(hits) and all("Paris" in t for t in hits["top_value_tokens"])
     at.text_input(key="promotes").input("").run()
     at.text_input(key="fires_on").input(XSS_TOKEN).run()
     first = at.dataframe[0].value.iloc[0]
@@ -85,8 +83,37 @@ def test_catalogue_lists_filters_and_links(app):
     at.slider[0].set_range(1, 1).run()
     assert set(at.dataframe[0].value["layer"]) == {1}
     at.text_input(key="fires_on").input("no-such-token").run()
-    assert not at.exception
-    assert "No neuron matches" in at.info[0].value
+    assert not at.exception and "No neuron matches" in at.info[0].value
+
+
+def test_catalogue_score_ranges(app):  # applied in SQL, bound to the URL
+    at = open_page(app, nav.CATALOGUE)
+    at.slider(key="deletion_cos").set_range(-1.0, -0.8).run()
+    assert pairs(at.dataframe[0].value) == [(1, 5)]
+    at.slider(key="deletion_cos").set_range(-1.0, 1.0).run()
+    at.slider(key="kv_agreement_frac").set_range(0.0, 0.99).run()  # also leaves out the null (1, 7)
+    frame = at.dataframe[0].value
+    assert len(frame) == 15 and (frame["kv_agreement_frac"] <= 0.99).all() and (1, 7) not in pairs(frame)
+    at.select_slider(key="max").set_range(2.0, 5.0).run()
+    assert pairs(at.dataframe[0].value) == [(0, 2), (1, 3)]
+    at.slider(key="density_frac").set_range(0.99, 1.0).run()  # excludes everything
+    assert not at.exception and "No neuron matches" in at.info[0].value and at.dataframe[0].value.empty
+    at = open_page(AppTest.from_file(APP, default_timeout=60), nav.CATALOGUE, deletion_cos=["-1", "-0.85"])
+    assert pairs(at.dataframe[0].value) == [(1, 5)]  # a deep link sets the range
+
+
+def test_deletion_page_ranks_the_planted_neuron_first(app):
+    at = open_page(app, nav.DELETION)
+    links = [p.proto for p in at.get("page_link")]
+    assert links[0].label.startswith("#1 · layer 1, neuron 5 · deletion cos -0.900")
+    assert (links[0].page, links[0].query_string) == ("neuron", "layer=1&neuron=5")
+    assert len(links) == 16 and html_of(at).count("ms-focus") == 16 * 3  # 3 examples each, inline
+    assert at.caption[0].value.startswith("1 of 16 neurons") and at.get("vega_lite_chart")
+    at.slider(key="n").set_value(2).run()
+    at.slider(key="layers").set_range(0, 0).run()
+    assert [p.proto.label.split(" · ")[1] for p in at.get("page_link")] == ["layer 0, neuron 1", "layer 0, neuron 7"]
+    at = open_page(AppTest.from_file(APP, default_timeout=60), nav.DELETION, n="1", threshold="-0.2")  # deep link
+    assert len(at.get("page_link")) == 1 and at.caption[0].value.startswith("5 of 16") and not at.warning
 
 
 def test_neuron_deep_link_renders_everything(app):
@@ -97,28 +124,30 @@ def test_neuron_deep_link_renders_everything(app):
     assert "Paris" in body and 'title="&#x27; Paris&#x27;: ' in body
     assert "activation in" in at.expander[0].label  # band samples grouped by octave
     assert any("Deletion score" in m.value for m in at.markdown)
-    links = {p.proto.label: p.proto.page for p in at.get("page_link")}
-    assert any(label.startswith("← previous (L0/N1)") for label in links)
-    assert any(label.startswith("next → (L0/N3)") for label in links)
+    labels = [p.proto.label for p in at.get("page_link")]
+    assert labels[0].startswith("← previous (L0/N1)") and labels[1].startswith("next → (L0/N3)")
 
 
 def test_xss_token_is_rendered_as_text(app):
     at = open_page(app, nav.NEURON, layer="1", neuron="3")
     body = html_of(at)
-    assert "&lt;img src=x onerror=alert(1)&gt;" in body
-    assert "<img" not in body and "onerror=alert(1)>" not in body
+    assert "&lt;img src=x onerror=alert(1)&gt;" in body and "<img" not in body and "onerror=alert(1)>" not in body
 
 
-@pytest.mark.parametrize(("params", "notice"), [
-    ({"layer": "abc", "neuron": "1"}, "not a whole number"),
-    ({"layer": "0", "neuron": "999999"}, "no neuron 999999 in layer 0"),
-    ({"layer": "-4", "neuron": "0"}, "no neuron 0 in layer -4"),
-    ({"layer": "1"}, "not a whole number"),
+@pytest.mark.parametrize(("page", "query", "notice"), [
+    (nav.NEURON, {"layer": "abc", "neuron": "1"}, "not a whole number"), (nav.NEURON, {"layer": "1"}, "not a whole"),
+    (nav.NEURON, {"layer": "0", "neuron": "999999"}, "no neuron 999999 in layer 0"),
+    (nav.NEURON, {"layer": "-4", "neuron": "0"}, "no neuron 0 in layer -4"),
+    (nav.DELETION, {"n": "abc"}, "n='abc' is not a whole number"), (nav.DELETION, {"n": "500"}, "outside 1–100"),
+    (nav.DELETION, {"layers": "7"}, "layers='7' is not a range"), (nav.DELETION, {"threshold": "2"}, "outside -1 to 0"),
+    (nav.DELETION, {"layers": ["0", "4"]}, "not a range within 0 to 1"),
+    (nav.CATALOGUE, {"max": ["1", "4"]}, "max=['1', '4']: each end must be one of 0.5, 1, 2, 3, 5"),
 ])
-def test_neuron_bad_params_give_a_notice(app, params, notice):
-    at = open_page(app, nav.NEURON, **params)
-    assert notice in at.warning[0].value
-    assert not at.html
+def test_bad_params_give_a_notice(app, page, query, notice):
+    at = open_page(app, page, **query)
+    assert [notice in w.value for w in at.warning] == [True]
+    assert page != nav.NEURON or not at.html  # no evidence for a neuron that is not there
+    assert page != nav.DELETION or at.get("page_link")[0].proto.label.startswith("#1 · layer 1, neuron 5")  # defaults
 
 
 def test_neuron_without_params_offers_a_picker(app):
@@ -127,8 +156,7 @@ def test_neuron_without_params_offers_a_picker(app):
     at.number_input[0].set_value(1)
     at.number_input[1].set_value(5)
     at.button[0].click().run()
-    assert not at.exception
-    assert at.title[0].value == "Layer 1, neuron 5"
+    assert not at.exception and at.title[0].value == "Layer 1, neuron 5"
 
 
 def test_sql_console_runs_examples_and_refuses_writes(app):
@@ -143,10 +171,8 @@ def test_sql_console_runs_examples_and_refuses_writes(app):
     assert "only SELECT" in at.error[0].value
     at.text_area(key="sql_text").input("SELECT * FROM tokens").run()
     at.button(key="run").click().run()
-    assert "96 rows" in at.success[0].value
-    assert len(at.get("download_button")) == 1
-    labels = [e.label for e in at.expander]
-    assert all(any(f"`{t.name}`" in label for label in labels) for t in queries.TABLES)
+    assert "96 rows" in at.success[0].value and len(at.get("download_button")) == 1
+    assert all(any(f"`{t.name}`" in e.label for e in at.expander) for t in queries.TABLES)
 
 
 def test_store_picker_for_a_folder_of_stores(store_root, monkeypatch):
@@ -172,14 +198,19 @@ def test_queries_examples_and_neighbours(store_root):
     store = open_store(store_root / "a")
     top = queries.neuron_examples(store, 1, 3, "top").to_pylist()
     assert [e["rank"] for e in top] == list(range(len(top)))
-    for e in top:
-        assert len(e["context_tokens"]) == len(e["context_acts"])
-        assert e["context_tokens"][e["pos"] - e["ctx_start"]] == XSS_TOKEN
+    assert all(len(e["context_tokens"]) == len(e["context_acts"]) for e in top)
+    assert all(e["context_tokens"][e["pos"] - e["ctx_start"]] == XSS_TOKEN for e in top)
     near = {r["direction"]: (r["layer"], r["neuron"]) for r in queries.neighbours(store, 1, 0).to_pylist()}
     assert near == {"prev": (0, 7), "next": (1, 1)}
     assert [r["direction"] for r in queries.neighbours(store, 0, 0).to_pylist()] == ["next"]
     with pytest.raises(KeyError):
         queries.notable_neurons(store, "max; DROP TABLE x", True, 3)
+    with pytest.raises(KeyError):
+        queries.neuron_catalogue(store, 0, 1, ranges=[("count; --", 0, 1)])
+    rows = queries.deletion_neurons(store, 2, 0, 1).to_pylist()
+    assert [(r["layer"], r["neuron"]) for r in rows][0] == (1, 5) and len(rows) == 2
+    assert [(e["rank"], len(e["context_tokens"])) for e in rows[0]["examples"]] == [(i, 7) for i in range(3)]
+    assert [(c["layer"], c["n_below"]) for c in queries.deletion_counts(store, -0.5).to_pylist()] == [(0, 0), (1, 1)]
 
 
 # --- render helpers ------------------------------------------------------------------------
@@ -200,8 +231,7 @@ def test_heatmap_escapes_and_colours():
 def test_bins_octaves_and_histogram_rows():
     ranges = bin_ranges()
     assert render.bin_bounds(ranges)[0] == (-math.inf, -64.0) and render.bin_bounds(ranges)[-1][1] == math.inf
-    assert render.bin_label(0.5, 0.5946) == "[0.5, 0.595)"
-    assert render.bin_label(-1.0, -0.5) == "(−1, −0.5]"
+    assert render.bin_label(0.5, 0.5946) == "[0.5, 0.595)" and render.bin_label(-1.0, -0.5) == "(−1, −0.5]"
     samples = [{"rank": 50 + 4 * 5 + 1, "activation": 0.6}, {"rank": 50 + 4 * 5, "activation": 0.5},
                {"rank": 98, "activation": 80.0}, {"rank": 40, "activation": -0.2}, {"rank": 500, "activation": 1}]
     groups = render.group_by_octave(samples, ranges)
@@ -218,12 +248,13 @@ def test_small_helpers():
     assert render.parse_int(" 12 ") == 12 and render.parse_int("1.5") is None and render.parse_int(None) is None
     assert render.neuron_url(3, 17) == "neuron?layer=3&neuron=17"
     assert render.neuron_url(3, 17, "my store") == "neuron?layer=3&neuron=17&store=my+store"
-    assert "Strongly negative" in render.deletion_sentence(-0.9)
-    assert "Near zero" in render.deletion_sentence(0.01)
+    assert "Strongly negative" in render.deletion_sentence(-0.9) and "Near zero" in render.deletion_sentence(0.01)
     assert render.md_escape("a*b_c") == "a\\*b\\_c"
     assert ("model.n_layers", "2") in render.flat_items({"model": {"n_layers": 2}})
     assert nav.store_root(["app.py", "--", "--store", "/x"]) == "/x"
     assert nav.store_root(["app.py", "--store", "/y"]) == "/y"
+    assert render.ladder_stops(0.9, 4.97) == [0.5, 1, 2, 3, 5]  # slider stops for `max`, 1-2-3-5 per decade
+    assert render.ladder_stops(-0.04, 3006)[:3] == [-0.05, 0, 0.5] and render.ladder_stops(-0.04, 3006)[-1] == 5000
 
 
 # --- serve and the import boundary ---------------------------------------------------------
@@ -251,7 +282,7 @@ from streamlit.testing.v1 import AppTest
 import dashboard.serve, dashboard.data, dashboard.nav, dashboard.render, dashboard.charts, dashboard.locate
 at = AppTest.from_file(sys.argv[1], default_timeout=60).run()
 for page, params in (("views/neuron.py", {"layer": "1", "neuron": "3"}), ("views/neurons.py", {}),
-                     ("views/sql.py", {})):
+                     ("views/sql.py", {}), ("views/deletion.py", {})):
     at.query_params.update(params)
     at.switch_page(page).run()
     assert not at.exception, at.exception

@@ -129,6 +129,25 @@ def test_catalogue(page, server):
     assert "promotes=Paris" in page.url  # the filter is in the shareable URL
 
 
+def test_catalogue_score_range_from_the_url(page, server):
+    _open(page, f"{server}/neurons?deletion_cos=-1&deletion_cos=-0.8", "1 neuron ·")
+    page.get_by_text("deletion cos -1 to -0.8").wait_for()
+    _shot(page, "catalogue_range")
+
+
+def test_deletion_page(page, server):
+    _open(page, f"{server}/deletion", "Deletion neurons")
+    first = page.get_by_role("link", name="#1 · layer 1, neuron 5", exact=False)
+    first.wait_for()
+    page.locator("svg.marks, canvas").first.wait_for()  # the per-layer chart
+    assert page.locator(".ms-focus").count() == 16 * 3  # three examples per neuron, inline
+    assert page.locator('img[src="x"]').count() == 0 and page.dialogs == []  # L1/N3's token is text here too
+    _shot(page, "deletion")
+    first.click()
+    page.wait_for_url("**/neuron?layer=1&neuron=5")
+    page.get_by_text("Layer 1, neuron 5").wait_for()
+
+
 def test_neuron_deep_link_escapes_tokens(page, server):
     _open(page, f"{server}/neuron?layer=1&neuron=3", "Layer 1, neuron 3")
     page.get_by_text("Top activating examples").wait_for()

@@ -1,15 +1,55 @@
 """Neuron catalogue page: every neuron with its headline numbers, filtered by layer range, by a
-token it promotes (key-value view) and by a token it fires on (activation records ⨝ tokens).
+token it promotes (key-value view), by a token it fires on (activation records ⨝ tokens) and by
+score ranges (max, density_frac, deletion_cos, kv_agreement_frac; applied in SQL).
 
-Each row links to its neuron page; selecting a row opens it too. The filters are bound to the
-URL (`promotes`, `fires_on`), so a filtered catalogue can be shared. Queries: `data.catalogue`.
+Each row links to its neuron page; selecting a row opens it too. The token and range filters are
+bound to the URL (`promotes`, `fires_on`, and e.g. `deletion_cos=-1&deletion_cos=-0.5`), so a
+filtered catalogue can be shared; a range the link gets wrong is a notice, and the filter stays
+open. Queries: `data.catalogue`.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, nav, render
+from dashboard import data, nav, params, render
+
+# column -> (label, fixed bounds or None for the store's own, help); the range sliders, in order
+RANGES = {
+    "max": ("max activation", None, "largest activation (stops step 1-2-3-5 per decade)"),
+    "density_frac": ("density", (0.0, 1.0), "fraction of positions where the activation is > 0"),
+    "deletion_cos": ("deletion cos", (-1.0, 1.0), "input/output weight cosine; strongly negative = deletes "
+                     "what it reads"),
+    "kv_agreement_frac": ("kv agreement", (0.0, 1.0), "fraction of top examples whose next token is a top "
+                          "value token; narrowing it leaves out neurons without a score"),
+}
+
+
+def range_filters(path: str) -> tuple[list[tuple[str, float, float]], list[str]]:
+    """The range sliders: the active (column, lo, hi) filters and notices about bad link values."""
+    active, notices = [], []
+    store_bounds = data.score_bounds(path)
+    cols = st.columns(len(RANGES))
+    for col, (column, (label, fixed, help_)) in zip(cols, RANGES.items(), strict=True):
+        raw = st.query_params.get_all(column)
+        if fixed is not None:
+            lo, hi = fixed
+            problem = params.range_problem(column, raw, lo, hi)
+            chosen = col.slider(label, lo, hi, (lo, hi), step=0.01, key=column, bind="query-params", help=help_)
+        else:
+            stops = render.ladder_stops(*store_bounds.get(column, (0.0, 0.0)))
+            if len(stops) < 2:
+                continue
+            lo, hi = stops[0], stops[-1]
+            problem = params.range_problem(column, raw, lo, hi, [render.stop_label(x) for x in stops])
+            chosen = col.select_slider(label, stops, (lo, hi), format_func=render.stop_label, key=column,
+                                       bind="query-params", help=help_)
+        if problem:
+            notices.append(problem)
+        a, b = sorted(chosen)  # a link may give the ends in either order
+        if (a, b) != (lo, hi):
+            active.append((column, float(a), float(b)))
+    return active, notices
 
 path = nav.current()
 st.title("Neuron catalogue")
@@ -37,14 +77,19 @@ fires_on = c3.text_input(
     "the token and letter case are ignored",
 )
 
-frame = data.catalogue(path, layer_lo, layer_hi, promotes or "", fires_on or "", nav.store_param())
+ranges, notices = range_filters(path)
+for notice in notices:
+    st.warning(f"The link's {notice} That range filter is left open.")
+frame = data.catalogue(path, layer_lo, layer_hi, promotes or "", fires_on or "", nav.store_param(), tuple(ranges))
 
 what = [f"layers {layer_lo}–{layer_hi}"]
 if (promotes or "").strip():
     what.append(f"promoting “{promotes.strip()}”")
 if (fires_on or "").strip():
     what.append(f"firing on “{fires_on.strip()}”")
-st.caption(f"{len(frame):,} neurons · " + ", ".join(what) + " · select a row or click “open” for its page")
+what += [f"{RANGES[c][0]} {render.stop_label(a)} to {render.stop_label(b)}" for c, a, b in ranges]
+st.caption(f"{len(frame):,} neuron{'s' * (len(frame) != 1)} · " + ", ".join(what)
+           + " · select a row or click “open” for its page")
 
 config = {
     "open": st.column_config.LinkColumn("neuron page", display_text="open ↗", width="small"),
@@ -61,10 +106,12 @@ config = {
     "fires_on_max": st.column_config.NumberColumn("max on token", format="%.3f"),
 }
 if frame.empty:
-    st.info("No neuron matches these filters.")
+    st.info("No neuron matches these filters: widen a range or clear a token.")
+    st.dataframe(frame, hide_index=True, column_config=config, key="catalogue_empty")
     st.stop()
 
-event = st.dataframe(frame, hide_index=True, column_config=config, height=560, key="catalogue",
+event = st.dataframe(frame, hide_index=True, column_config=config, height=min(560, 38 + 35 * len(frame)),
+                     key="catalogue",
                      on_select="rerun", selection_mode="single-row")
 rows = event.selection.rows if event is not None else []
 if rows:

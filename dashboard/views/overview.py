@@ -28,15 +28,18 @@ tps = m.get("tokens_per_s")
 cols[4].metric("harvest speed", f"{tps:,.0f} tok/s" if isinstance(tps, int | float) else "?")
 
 st.markdown(
-    "Position 0 of every window (the BOS token) is left out of all neuron statistics, as "
-    "Neuronpedia does: its activations say little about the text."
+    "BOS positions — position 0 of every window and the separators between packed documents — "
+    "are left out of every neuron statistic, as Neuronpedia leaves out position 0: activations "
+    "there are attention-sink artefacts, not responses to the text."
 )
 
 st.subheader("Explore")
-links = st.columns(3)
+links = st.columns(2) + st.columns(2)  # two rows: the labels stay whole
 links[0].page_link(nav.CATALOGUE, label="Neuron catalogue: filter, search, open a neuron", icon=":material/table_rows:")
-links[1].page_link(nav.SQL, label="SQL console: ask your own questions", icon=":material/terminal:")
-links[2].page_link(nav.NEURON, label="Neuron page: layer 0, neuron 0", icon=":material/neurology:",
+links[1].page_link(nav.DELETION, label="Deletion neurons: those that erase what they read",
+                   icon=":material/remove_circle:")
+links[2].page_link(nav.SQL, label="SQL console: ask your own questions", icon=":material/terminal:")
+links[3].page_link(nav.NEURON, label="Neuron page: layer 0, neuron 0", icon=":material/neurology:",
                    query_params=render.neuron_query(0, 0))
 
 summary = data.layer_summary(path)
@@ -60,6 +63,8 @@ else:
         for r in data.notable_neurons(path, column, descending, 5):
             col.page_link(nav.NEURON, label=f"layer {r['layer']}, neuron {r['neuron']}: {column} = {r['value']:.3f}",
                           query_params=render.neuron_query(r["layer"], r["neuron"]))
+        if column == "deletion_cos":
+            col.page_link(nav.DELETION, label="more on the deletion neurons page →")
 
 st.subheader("Store")
 left, right = st.columns(2)
