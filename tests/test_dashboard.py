@@ -126,6 +126,7 @@ def test_neuron_deep_link_renders_everything(app):
     assert any("Deletion score" in m.value for m in at.markdown)
     labels = [p.proto.label for p in at.get("page_link")]
     assert labels[0].startswith("← previous (L0/N1)") and labels[1].startswith("next → (L0/N3)")
+    assert [lab.split(" ·")[0] for lab in labels if " · cos " in lab] == ["L0/N0", "L0/N1", "L0/N3"]  # neighbours
 
 
 def test_xss_token_is_rendered_as_text(app):

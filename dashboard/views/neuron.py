@@ -96,6 +96,12 @@ with right:
         kv_right.altair_chart(charts.value_tokens(bottom_rows, "suppresses", "#2166ac"), width="stretch")
     st.markdown("#### Deletion score")
     st.write(render.deletion_sentence(row.get("deletion_cos")))
+    st.markdown("#### Neighbours")
+    st.caption("Neurons of the same layer whose output weights point most nearly the same way "
+               "(cosine): they write nearly the same thing to the residual stream.")
+    for other, cos in zip(row.get("nbr_neurons") or [], row.get("nbr_cos") or [], strict=False):
+        st.page_link(nav.NEURON, label=f"L{layer}/N{other} · cos {cos:+.3f}",
+                     query_params=render.neuron_query(layer, int(other)))
 
 hist = data.manifest(path).get("histogram") or {}
 bin_ranges = hist.get("bin_ranges") or []
