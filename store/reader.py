@@ -52,6 +52,8 @@ class Store:
         self.manifest = manifest
         self._files = self._find_files()
         self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(":memory:")
+        # Store files never change after commit, so Parquet footers can be cached across queries.
+        self._con.execute("SET parquet_metadata_cache = true")
         try:
             for name, file in self._files.items():
                 self._con.execute(view_sql(name, file))
