@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from store import StoreWriter
+from store.histogram_bins import N_BINS, ZERO_BIN, bin_of, describe
 from store.schema import TABLES_BY_NAME
 
 XSS_TOKEN = "<img src=x onerror=alert(1)>"
@@ -26,29 +27,6 @@ VOCAB = (" the", " Paris", " is", " capital", " of", " France", ".", "\n", " cat
 N_LAYERS, D_MLP, SEQ_LEN, N_WINDOWS, TOP_K, RECORDS = 2, 8, 16, 6, 5, 12
 CTX_BEFORE, CTX_WIDTH = 4, 7
 PLANTED = {(0, 2): " Paris", (1, 3): XSS_TOKEN}
-
-
-def magnitude_edges() -> list[float]:
-    """Quarter-octaves from 2^-6 to 2^6, as the pipeline's fixed histogram bins."""
-    return [2.0**e * (1 + j / 4) for e in range(-6, 6) for j in range(4)] + [64.0]
-
-
-def bin_ranges() -> list[list[float | None]]:
-    """[lo, hi] per bin; the open ends are null (JSON has no infinity)."""
-    mags = magnitude_edges()
-    neg = [[None, -mags[-1]]] + [[-mags[i + 1], -mags[i]] for i in reversed(range(48))]
-    pos = [[mags[i], mags[i + 1]] for i in range(48)] + [[mags[-1], None]]
-    return neg + [[-mags[0], mags[0]]] + pos
-
-
-def bin_of(x: float) -> int:
-    mags = magnitude_edges()
-    if abs(x) < mags[0]:
-        return 49
-    if abs(x) >= mags[-1]:
-        return 98 if x > 0 else 0
-    i = int(np.searchsorted(mags, abs(x), side="right")) - 1
-    return 50 + i if x > 0 else 48 - i
 
 
 def _corpus(rng: np.random.Generator) -> np.ndarray:
@@ -81,7 +59,7 @@ def _neuron_rows(rng: np.random.Generator, acts: np.ndarray) -> tuple[list[dict]
         for n in range(D_MLP):
             a = acts[layer, n]
             valid = a[:, 1:].ravel()
-            hist = [0] * 99
+            hist = [0] * N_BINS
             for v in valid:
                 hist[bin_of(float(v))] += 1
             # positions (seq, pos) sorted by activation desc, earlier first on ties
@@ -89,7 +67,7 @@ def _neuron_rows(rng: np.random.Generator, acts: np.ndarray) -> tuple[list[dict]
             flat.sort(key=lambda t: (-t[0], t[1], t[2]))
             for rank, (_, s, p) in enumerate(flat[:TOP_K]):
                 examples.append(_example(layer, n, "top", rank, s, p, a))
-            for b in sorted({bin_of(v) for v, _, _ in flat} - {49}):
+            for b in sorted({bin_of(v) for v, _, _ in flat} - {ZERO_BIN}):
                 s, p = next((s, p) for v, s, p in flat if bin_of(v) == b)
                 examples.append(_example(layer, n, "band", b, s, p, a))
             records += [{"layer": layer, "neuron": n, "seq_id": s, "pos": p, "activation": v}
@@ -145,8 +123,7 @@ def write_synthetic_store(out: str | Path, name: str = "synthetic-2x8", seed: in
         "build": {"n_tokens": n_tokens, "n_windows": N_WINDOWS, "batch_size": 2,
                   "stats": {"seq_len": SEQ_LEN, "top_k": TOP_K, "records": RECORDS}},
         "timings": {"harvest_s": 1.25, "weights_s": 0.1, "write_s": 0.05},
-        "histogram": {"kind": "symmetric quarter-octaves", "n_bins": 99, "zero_bin": 49,
-                      "magnitude_edges": magnitude_edges(), "bin_ranges": bin_ranges(), "sample_fraction": 1.0},
+        "histogram": {**describe(), "sample_fraction": 1.0},
         "records_per_neuron": RECORDS,
         "tokens_per_s": round(n_tokens / 1.25, 1),
     })

@@ -16,8 +16,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import locate, nav, render, serve
-from dashboard.synthetic import XSS_TOKEN, bin_ranges, write_synthetic_store
-from store import StoreError, open_store, queries
+from dashboard.synthetic import XSS_TOKEN, write_synthetic_store
+from store import StoreError, histogram_bins, open_store, queries
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "dashboard" / "app.py")
@@ -230,7 +230,7 @@ def test_heatmap_escapes_and_colours():
 
 
 def test_bins_octaves_and_histogram_rows():
-    ranges = bin_ranges()
+    ranges = histogram_bins.describe()["bin_ranges"]  # as the manifest has them: null open ends
     assert render.bin_bounds(ranges)[0] == (-math.inf, -64.0) and render.bin_bounds(ranges)[-1][1] == math.inf
     assert render.bin_label(0.5, 0.5946) == "[0.5, 0.595)" and render.bin_label(-1.0, -0.5) == "(−1, −0.5]"
     samples = [{"rank": 50 + 4 * 5 + 1, "activation": 0.6}, {"rank": 50 + 4 * 5, "activation": 0.5},

@@ -201,3 +201,11 @@ def test_state_dict_round_trip_then_continue_equals_one_pass():
     for s, r in zip(resumed, rest, strict=True):
         s.merge(r)
     _assert_same(whole, resumed)
+
+
+def test_tensor_binning_equals_the_reference_bin_of():
+    from store.histogram_bins import bin_of
+
+    x = torch.cat([torch.randn(5000) * 30, torch.randn(500) / 50,
+                   torch.tensor([0.0, -0.0, 64.0, -64.0, 2.0**-6, -(2.0**-6), float("inf"), float("-inf")])])
+    assert bin_index(x).tolist() == [bin_of(v) for v in x.tolist()]
