@@ -65,7 +65,7 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
         if n_ctx and params.stats.seq_len > n_ctx:
             raise ModelError(f"seq_len {params.stats.seq_len} is longer than the context of model "
                              f"{params.model!r} ({n_ctx} tokens)")
-    except Exception:
+    except Exception:  # any failure before the pass: remove the .partial folder we made, then re-raise
         if not resume:
             writer.abort()
         raise
@@ -90,8 +90,8 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
             if time.monotonic() - last_save > checkpoint_every_s:
                 _save(writer.work_dir, params, harvest, next_window, tokens_done, elapsed)
                 last_save = time.monotonic()
-    except Exception:
-        # e.g. a bad line further into the corpus: with no checkpoint yet there is nothing to resume
+    except Exception:  # e.g. a bad corpus line further in; re-raised below
+        # with no checkpoint yet there is nothing to resume: remove the .partial folder
         if not resume and not (writer.work_dir / CHECKPOINT).exists():
             writer.abort()
         raise
