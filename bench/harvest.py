@@ -32,8 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import hooks  # noqa: E402
-from pipeline.harvest import NeuronHarvest  # noqa: E402
+from pipeline.harvest import NeuronHarvest, run_through_last_mlp  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.stats import StatsConfig  # noqa: E402
 
@@ -66,23 +65,6 @@ class Naive:
             self.vals[layer] = vals
 
 
-class _Stop(Exception):
-    pass
-
-
-def _bridge_blocks(model, tokens: torch.Tensor) -> None:
-    """The harvest's forward without its statistics: the bridge, stopped after the last MLP."""
-
-    def stop(acts, hook=None):
-        raise _Stop
-
-    try:
-        with model.bridge.hooks(fwd_hooks=[(hooks.mlp_post(model.n_layers - 1), stop)]):
-            model.bridge(tokens, return_type=None)
-    except _Stop:
-        pass
-
-
 def throughput(args) -> dict:
     model = load_model(args.model, dtype=getattr(torch, args.dtype))
     config = StatsConfig(seq_len=args.seq_len, hist_sample_shift=args.hist_shift)
@@ -94,7 +76,7 @@ def throughput(args) -> dict:
     tok = lambda b: torch.from_numpy(b.token_ids).long()  # noqa: E731
     variants = {
         "forward (blocks only)": lambda b: blocks(tok(b)),
-        "bridge forward to last mlp.hook_post": lambda b: _bridge_blocks(model, tok(b)),
+        "bridge forward to last mlp.hook_post": lambda b: run_through_last_mlp(model, tok(b), []),
         "forward (with unembedding)": lambda b: model.bridge(tok(b)),
         "harvest (mechscope)": lambda b: harvest.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0),
         "naive (run_with_cache + sort)": lambda b: naive.process(tok(b)),

@@ -20,6 +20,21 @@ class _LastLayerDone(Exception):
     """Raised from the last layer's hook to skip the rest of the forward pass."""
 
 
+def run_through_last_mlp(model, tokens: torch.Tensor, fwd_hooks: list) -> None:
+    """Run the bridge with `fwd_hooks` and stop right after the last layer's `mlp.hook_post`
+    (its own hooks there run first: hooks fire in the order they were added)."""
+
+    def stop(acts: torch.Tensor, hook=None) -> None:
+        raise _LastLayerDone
+
+    last = (hooks.mlp_post(model.n_layers - 1), stop)
+    try:
+        with model.bridge.hooks(fwd_hooks=[*fwd_hooks, last]):
+            model.bridge(tokens, return_type=None)
+    except _LastLayerDone:
+        pass
+
+
 class NeuronHarvest:
     def __init__(self, model, config: StatsConfig):
         self.model, self.config = model, config
@@ -27,8 +42,6 @@ class NeuronHarvest:
         self._batch: TokenBatch | None = None
 
     def _hook(self, layer: int):
-        last = layer == self.model.n_layers - 1
-
         def fn(acts: torch.Tensor, hook=None) -> None:
             batch = self._batch
             assert batch is not None
@@ -36,8 +49,6 @@ class NeuronHarvest:
             flat = acts.reshape(-1, acts.shape[-1]).index_select(0, batch.valid_rows)
             for stat in self.stats:
                 stat.update(layer, acts, flat, batch)
-            if last:
-                raise _LastLayerDone
 
         return fn
 
@@ -52,10 +63,7 @@ class NeuronHarvest:
         bos = torch.from_numpy(np.ascontiguousarray(is_bos)).to(device)
         self._batch = TokenBatch.build(first_seq, bos, self.config.hist_sample_shift)
         try:
-            with self.model.bridge.hooks(fwd_hooks=self.fwd_hooks()):
-                self.model.bridge(tokens, return_type=None)
-        except _LastLayerDone:
-            pass
+            run_through_last_mlp(self.model, tokens, self.fwd_hooks())
         finally:
             self._batch = None
 

