@@ -1,6 +1,6 @@
 """Neuron-page query latency: p50 / p95 / max of every query the neuron page issues, per store.
 
-    python bench/queries.py [STORE ...] [--neurons 200] [--repeat 3] [--seed 0] [--explain] [--fixes]
+    python bench/queries.py [STORE ...] [--neurons 200] [--repeat 3] [--seed 0] [--explain]
                             [--json bench/results/queries.json]
 
 STORE defaults to stores/demo (if built) and the synthetic 10M-token GPT-2-small store
@@ -14,12 +14,8 @@ repeat never follows its own call). `page` is the five calls of one visit, timed
 Target: p95 <= 20 ms per query. --explain prints EXPLAIN ANALYZE of each page query for one
 neuron (the exact SQL, captured from `store.queries`). Writes JSON to --json.
 
---fixes also measures the fixes proposed in bench/README.md on derived copies of each store
-(bench/results/variants/, rebuilt when the source store changes; store/ code is untouched):
-  A  `neurons` in 2048-row groups, `neuron_examples` in 32768-row groups, and DuckDB's
-     parquet_metadata_cache on; the page's queries unchanged;
-  B  A plus a `context_tokens` column in `neuron_examples` (the window's token texts, aligned
-     with context_acts), read by `proposed_examples` instead of the correlated `tokens` lookup.
+The fixes bench/README.md describes (A: row-group sizes and the metadata cache; B: the
+`context_tokens` column) are in `store/` now, so a store built by this code is measured as built.
 """
 
 from __future__ import annotations
@@ -28,22 +24,17 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import duckdb
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from store import StoreError, open_store, queries  # noqa: E402
-from store.writer import PARQUET_OPTIONS  # noqa: E402
 
 TARGET_MS = 20.0
 DEFAULT_STORES = (ROOT / "stores" / "demo", ROOT / "bench" / "results" / "synthetic-10m")
@@ -57,86 +48,6 @@ PAGE = (
     ("neuron_examples top", lambda s, layer, neuron: queries.neuron_examples(s, layer, neuron, "top")),
     ("neuron_examples band", lambda s, layer, neuron: queries.neuron_examples(s, layer, neuron, "band")),
 )
-
-
-FIX_ROW_GROUPS = {"neurons": 2048, "neuron_examples": 32768}
-FIX_SETTINGS = ("SET GLOBAL parquet_metadata_cache = true",)
-VARIANTS_DIR = ROOT / "bench" / "results" / "variants"
-
-
-def proposed_examples(store, layer: int, neuron: int, kind: str):
-    """Fix B's neuron_examples query: the same columns, context tokens read from the row itself."""
-    return store.sql(
-        "SELECT rank, seq_id, pos, activation, ctx_start, context_acts, context_tokens FROM neuron_examples "
-        "WHERE layer = ? AND neuron = ? AND kind = ? ORDER BY rank", [layer, neuron, kind])
-
-
-PAGE_B = PAGE[:3] + (
-    ("neuron_examples top", lambda s, layer, neuron: proposed_examples(s, layer, neuron, "top")),
-    ("neuron_examples band", lambda s, layer, neuron: proposed_examples(s, layer, neuron, "band")),
-)
-
-
-def rewrite(src: Path, dst: Path, group_rows: int, add_column=None) -> None:
-    """Copy a Parquet file in row groups of `group_rows` (the writer's options otherwise), with
-    `add_column(table) -> (name, array)` appended to every chunk when given."""
-    pf, pending, writer = pq.ParquetFile(src), None, None
-    for i in range(pf.num_row_groups):
-        chunk = pf.read_row_group(i)
-        if add_column is not None:
-            chunk = chunk.append_column(*add_column(chunk))
-        pending = chunk if pending is None else pa.concat_tables([pending, chunk])
-        writer = writer or pq.ParquetWriter(dst, pending.schema, **PARQUET_OPTIONS)
-        full = pending.num_rows // group_rows * group_rows
-        if full:
-            writer.write_table(pending.slice(0, full), row_group_size=group_rows)
-            pending = pending.slice(full)
-    if pending is not None and pending.num_rows:
-        writer.write_table(pending, row_group_size=group_rows)
-    writer.close()
-
-
-def context_tokens(src: Path, manifest: dict):
-    """add_column for neuron_examples: the token text at ctx_start + i of the window, for every
-    context_acts entry (tokens has one row per (seq_id, pos), so its row is seq_id * seq_len + pos)."""
-    seq_len = manifest["build"]["stats"]["seq_len"]
-    text = pq.read_table(src / manifest["tables"]["tokens"]["file"], columns=["token"]).column("token")
-    text = text.combine_chunks()
-    if len(text) != manifest["build"]["n_windows"] * seq_len:
-        raise SystemExit(f"{src}: tokens is not one row per (seq_id, pos); cannot derive context_tokens")
-
-    def add(chunk: pa.Table):
-        lens = pc.list_value_length(chunk.column("context_acts")).to_numpy(zero_copy_only=False)
-        first = chunk.column("seq_id").to_numpy().astype(np.int64) * seq_len + chunk.column("ctx_start").to_numpy()
-        ends = np.cumsum(lens)
-        flat = np.repeat(first, lens) + np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - lens, lens)
-        offsets = pa.array(np.concatenate([[0], ends]).astype(np.int32))
-        return "context_tokens", pa.ListArray.from_arrays(offsets, text.take(pa.array(flat)))
-
-    return add
-
-
-def derive(src: Path, fix: str) -> Path:
-    """The store at `src` with fix A or B applied, under VARIANTS_DIR (reused while up to date)."""
-    manifest = json.loads((src / "manifest.json").read_text())
-    stamp = {"source": str(src), "source_created_at": manifest.get("created_at"), "fix": fix,
-             "row_groups": FIX_ROW_GROUPS}
-    out = VARIANTS_DIR / f"{src.name}-fix{fix}"
-    if (out / "manifest.json").is_file() and json.loads((out / "manifest.json").read_text()).get("variant") == stamp:
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    for table, entry in manifest["tables"].items():
-        file = src / entry["file"]
-        if table not in FIX_ROW_GROUPS:
-            (out / entry["file"]).symlink_to(file.resolve())
-            continue
-        add = context_tokens(src, manifest) if fix == "B" and table == "neuron_examples" else None
-        rewrite(file, out / entry["file"], FIX_ROW_GROUPS[table], add)
-        entry["bytes"] = (out / entry["file"]).stat().st_size
-    manifest["variant"] = stamp
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))  # last: marks the copy complete
-    return out
 
 
 class ExplainAnalyze:
@@ -173,11 +84,9 @@ def percentiles(ms: list[float]) -> dict:
             "max_ms": float(a.max()), "mean_ms": float(a.mean()), "n": int(a.size)}
 
 
-def bench_store(path: Path, args, variant: str = "as built", page=PAGE, settings=()) -> dict:
+def bench_store(path: Path, args, variant: str = "as built", page=PAGE) -> dict:
     t = time.perf_counter()
     store = open_store(path)
-    for statement in settings:
-        store.sql(statement)
     open_ms, m = (time.perf_counter() - t) * 1e3, store.manifest
     pairs = neuron_pairs(store, args.neurons, args.seed)
     cold_pair, pairs = pairs[0], pairs[1:]
@@ -250,22 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each page query")
-    ap.add_argument("--fixes", action="store_true", help="also measure fixes A and B on derived copies")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "queries.json")
     args = ap.parse_args(argv)
     paths = store_paths(ap, args.stores)
     load_before, results = os.getloadavg(), []
     for path in paths:
-        runs = [(path, "as built", PAGE, ())]
-        if args.fixes:
-            runs += [(derive(path, "A"), "fix A", PAGE, FIX_SETTINGS),
-                     (derive(path, "B"), "fix B", PAGE_B, FIX_SETTINGS)]
-        for store_path, variant, page, settings in runs:
-            results.append(bench_store(store_path, args, variant, page, settings))
-            print(table_text(results[-1]), flush=True)
-            for name, plan in results[-1]["plans"].items():
-                print(f"\n--- EXPLAIN ANALYZE {name} {tuple(results[-1]['explained_neuron'])} ---\n{plan}")
-            print()
+        results.append(bench_store(path, args))
+        print(table_text(results[-1]), flush=True)
+        for name, plan in results[-1]["plans"].items():
+            print(f"\n--- EXPLAIN ANALYZE {name} {tuple(results[-1]['explained_neuron'])} ---\n{plan}")
+        print()
     report = {"target_p95_ms": TARGET_MS, "args": {k: str(v) for k, v in vars(args).items()},
               "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                           "python": platform.python_version(), "duckdb": duckdb.__version__,

@@ -7,7 +7,8 @@ Writes, through `store.StoreWriter`, every table with rows valid under `store/sc
 the sizes a real build of N tokens gives: `tokens` N rows (windows of 128 packing documents
 back to back, BOS between them), `documents` ~N/100, `neurons` 36,864 (99-bin histograms,
 key-value lists of 10), `neuron_examples` 20 'top' + ~60 'band' rows per neuron with 21-float
-contexts (NaN at BOS), `activations` 256 records per neuron. Values are random (numpy, seeded);
+contexts (NaN at BOS) and their 21 tokens (the `tokens` rows of the window), `activations` 256
+records per neuron. Values are random (numpy, seeded);
 the top examples are the neuron's strongest records, their first one is its `max`, band samples
 fall in their bins. Large tables stream in sort-key order, one layer (or 1024 windows) at a time.
 A complete store at --out is reused (a cache) unless --force. Prints generation time and size.
@@ -217,7 +218,8 @@ def layer_tables(layer: int, seed: int, p: dict, corpus: Corpus) -> tuple[pa.Tab
         "kind": pa.DictionaryArray.from_arrays(pa.array(kind), pa.array(["band", "top"])),
         "rank": rank, "seq_id": (ex_flat // SEQ_LEN).astype(np.int32), "pos": pos.astype(np.int16),
         "activation": ex_act, "ctx_start": ctx_start.astype(np.int16),
-        "context_acts": lists(ctx.reshape(-1), WIDTH)})
+        "context_acts": lists(ctx.reshape(-1), WIDTH),
+        "context_tokens": lists(corpus.token_text(corpus.vocab_idx[ctx_flat].reshape(-1)), WIDTH)})
     return activations, examples
 
 

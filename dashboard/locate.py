@@ -10,12 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from store import StoreError
-from store.manifest import MANIFEST_NAME, PARTIAL_SUFFIX, read_manifest
+from store.manifest import MANIFEST_NAME, PARTIAL_SUFFIX, check_schema_version, read_manifest
 
 
 def is_store(path: Path) -> bool:
     """A finished store: has a manifest and is not an unfinished build (`<out>.partial`)."""
     return not path.name.endswith(PARTIAL_SUFFIX) and (path / MANIFEST_NAME).is_file()
+
+
+def check_store(path: Path) -> None:
+    """StoreError (one line) unless `path` is a store this code reads: its manifest parses and
+    its schema version is this code's (an older store must be rebuilt)."""
+    check_schema_version(read_manifest(path), path)
 
 
 def find_stores(path: str | Path) -> list[Path]:
@@ -29,7 +35,7 @@ def find_stores(path: str | Path) -> list[Path]:
     if not path.is_dir():
         raise StoreError(f"'{path}' is a file: give a store folder (with {MANIFEST_NAME}) or a folder of stores")
     if (path / MANIFEST_NAME).is_file() or path.name.endswith(PARTIAL_SUFFIX):
-        read_manifest(path)  # a store that cannot be read fails here, in its own words
+        check_store(path)  # a store that cannot be read fails here, in its own words
         return [path.resolve()]
     stores = sorted(p.resolve() for p in path.iterdir() if p.is_dir() and is_store(p))
     if not stores:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard.locate import find_stores
+from dashboard.locate import check_store, find_stores
 from store import StoreError
 
 OVERVIEW = "views/overview.py"
@@ -73,6 +73,11 @@ def choose_store() -> None:
     st.session_state[_KEY] = (str(stores[names.index(name)]), name)
     if wanted != name:  # every page's URL names its store
         st.query_params["store"] = name
+    try:  # a store of an older schema is listed, but says what to do instead of failing a query
+        check_store(stores[names.index(name)])
+    except StoreError as e:
+        st.error(str(e))
+        st.stop()
 
 
 def _picked() -> None:

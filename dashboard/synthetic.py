@@ -46,14 +46,23 @@ def _activations(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
     return acts
 
 
-def _example(layer: int, neuron: int, kind: str, rank: int, seq: int, pos: int, a: np.ndarray) -> dict:
+def _text(token_id: int) -> str:
+    """The text of a corpus id of `_corpus` (-1 is BOS)."""
+    return BOS if token_id < 0 else VOCAB[token_id]
+
+
+def _example(layer: int, neuron: int, kind: str, rank: int, seq: int, pos: int, a: np.ndarray,
+             ids: np.ndarray) -> dict:
     start = min(max(pos - CTX_BEFORE, 0), SEQ_LEN - CTX_WIDTH)
+    window = slice(start, start + CTX_WIDTH)
     return {"layer": layer, "neuron": neuron, "kind": kind, "rank": rank, "seq_id": seq, "pos": pos,
             "activation": float(a[seq, pos]), "ctx_start": start,
-            "context_acts": [float(v) for v in a[seq, start:start + CTX_WIDTH]]}
+            "context_acts": [float(v) for v in a[seq, window]],
+            "context_tokens": [_text(int(i)) for i in ids[seq, window]]}
 
 
-def _neuron_rows(rng: np.random.Generator, acts: np.ndarray) -> tuple[list[dict], list[dict], list[dict]]:
+def _neuron_rows(rng: np.random.Generator, acts: np.ndarray,
+                 ids: np.ndarray) -> tuple[list[dict], list[dict], list[dict]]:
     neurons, examples, records = [], [], []
     for layer in range(N_LAYERS):
         for n in range(D_MLP):
@@ -66,10 +75,10 @@ def _neuron_rows(rng: np.random.Generator, acts: np.ndarray) -> tuple[list[dict]
             flat = [(float(a[s, p]), s, p) for s in range(N_WINDOWS) for p in range(1, SEQ_LEN)]
             flat.sort(key=lambda t: (-t[0], t[1], t[2]))
             for rank, (_, s, p) in enumerate(flat[:TOP_K]):
-                examples.append(_example(layer, n, "top", rank, s, p, a))
+                examples.append(_example(layer, n, "top", rank, s, p, a, ids))
             for b in sorted({bin_of(v) for v, _, _ in flat} - {ZERO_BIN}):
                 s, p = next((s, p) for v, s, p in flat if bin_of(v) == b)
-                examples.append(_example(layer, n, "band", b, s, p, a))
+                examples.append(_example(layer, n, "band", b, s, p, a, ids))
             records += [{"layer": layer, "neuron": n, "seq_id": s, "pos": p, "activation": v}
                         for v, s, p in flat[:RECORDS]]
             order = list(rng.permutation(len(VOCAB)))
@@ -105,13 +114,13 @@ def write_synthetic_store(out: str | Path, name: str = "synthetic-2x8", seed: in
     acts = _activations(rng, ids)
     tokens = [{"seq_id": s, "pos": p, "doc_id": -1 if ids[s, p] < 0 else s,
                "token_id": 50256 if ids[s, p] < 0 else int(ids[s, p]),
-               "token": BOS if ids[s, p] < 0 else VOCAB[ids[s, p]]}
+               "token": _text(int(ids[s, p]))}
               for s in range(N_WINDOWS) for p in range(SEQ_LEN)]
     documents = [{"doc_id": s, "source": "synthetic", "n_tokens": SEQ_LEN - 1,
                   "text": "".join(VOCAB[i] for i in ids[s, 1:]), "n_chars": 0} for s in range(N_WINDOWS)]
     for d in documents:
         d["n_chars"] = len(d["text"])
-    neurons, examples, records = _neuron_rows(rng, acts)
+    neurons, examples, records = _neuron_rows(rng, acts, ids)
     writer = StoreWriter(out)
     for table, rows in (("documents", documents), ("tokens", tokens), ("neurons", neurons),
                         ("neuron_examples", examples), ("activations", records)):

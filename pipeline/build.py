@@ -6,8 +6,9 @@ The orchestrator owns batching, progress, checkpoints and writing; it holds no m
 2. one streaming pass over the corpus windows, checkpointing the accumulators now and then so
    that `--resume` continues a killed build and ends with the same store;
 3. finalize: accumulator tables, weight-only analyses, a second cheap pass over the tokenized
-   corpus for the `documents` and `tokens` tables, and the manifest — committed atomically by
-   `store.StoreWriter` (a killed build leaves no store, never a half one).
+   corpus for the `documents` and `tokens` tables and the examples' context tokens, and the
+   manifest — committed atomically by `store.StoreWriter` (a killed build leaves no store,
+   never a half one).
 """
 
 from __future__ import annotations
@@ -130,10 +131,14 @@ def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Neuron
 
     t = time.perf_counter()
     top_pos, _ = harvest.top.top_positions()
-    corpus_facts = write_corpus_tables(writer, params, model, n_windows=n_windows, top_positions=top_pos)
+    examples = tables["neuron_examples"]
+    starts = examples["seq_id"].astype(np.int64) * params.stats.seq_len + examples["ctx_start"]
+    corpus_facts = write_corpus_tables(writer, params, model, n_windows=n_windows, top_positions=top_pos,
+                                       example_starts=starts)
     neurons["kv_agreement_frac"] = agreement_column(
         corpus_facts.pop("next_token_ids"), neurons["kv_top_token_ids"]
     )
+    examples["context_tokens"] = corpus_facts.pop("context_tokens")
     timings["corpus_tables_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -183,9 +188,15 @@ def _to_arrow(name: str, columns: dict):
     from store.schema import table
 
     schema = table(name).arrow_schema()
-    # from_pandas: NaN becomes null, which is what a nullable float column means by "no value".
-    arrays = {f.name: pa.array(columns[f.name], type=f.type, from_pandas=f.nullable) for f in schema}
-    return pa.table(arrays, schema=schema)
+
+    def column(f: pa.Field):
+        values = columns[f.name]
+        if isinstance(values, pa.Array | pa.ChunkedArray):  # already Arrow (context_tokens)
+            return values.cast(f.type)
+        # from_pandas: NaN becomes null, which is what a nullable float column means by "no value".
+        return pa.array(values, type=f.type, from_pandas=f.nullable)
+
+    return pa.table({f.name: column(f) for f in schema}, schema=schema)
 
 
 def _save(work_dir: Path, params: BuildParams, harvest: NeuronHarvest, next_window: int,

@@ -209,12 +209,15 @@ def _serve(args) -> int:
 
 def _demo(args) -> int:
     from store import StoreError, open_store
+    from store.manifest import MANIFEST_NAME
 
     path = Path(args.dir)
     try:
         open_store(path)
         print(f"demo store already built: {path}")
     except StoreError:
+        if (path / MANIFEST_NAME).is_file():
+            raise  # a store this mechscope cannot read (e.g. an older schema): say so, build nothing
         from pipeline.build import BuildParams, build
 
         resume = Path(f"{path}.partial").exists()

@@ -3,7 +3,8 @@
 Rather than holding every token id of the corpus in memory during the harvest, the build
 re-reads the corpus once at the end (tokenization is cheap next to the model) and streams the
 two tables out; on the way it picks up the token that follows each neuron's top examples, for
-the key-value agreement score.
+the key-value agreement score, and every example's window of tokens (`pipeline/example_windows.py`)
+for `neuron_examples.context_tokens`.
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import corpus as corpora
+from pipeline.example_windows import ExampleWindows
 from pipeline.windows import decode_tokens, iter_windows
 from store.schema import table
 
 
-def write_corpus_tables(writer, params, model, n_windows: int, top_positions: np.ndarray) -> dict:
-    """Stream `documents` and `tokens` into the writer; return corpus facts for the manifest and
+def write_corpus_tables(writer, params, model, n_windows: int, top_positions: np.ndarray,
+                        example_starts: np.ndarray) -> dict:
+    """Stream `documents` and `tokens` into the writer; return corpus facts for the manifest,
     `next_token_ids`: for every top example position, the token after it (-1 if none: the end of
-    the window, or a document boundary)."""
+    the window, or a document boundary), and `context_tokens`: for every `neuron_examples` row,
+    given by the flat position of its window's start (seq_id * seq_len + ctx_start), the texts
+    of the window's tokens (a list<string> ChunkedArray, in the order of `example_starts`)."""
     seq_len = params.stats.seq_len
+    examples = ExampleWindows(example_starts, params.stats.window.width(seq_len), seq_len)
     next_pos = np.where(top_positions >= 0, top_positions + 1, -1)
     next_pos[(next_pos % seq_len) == 0] = -1  # the next position is in another window
     wanted = np.unique(next_pos[next_pos >= 0])
@@ -55,6 +61,7 @@ def write_corpus_tables(writer, params, model, n_windows: int, top_positions: np
             lo, hi = np.searchsorted(wanted, [first, first + n * s])
             idx = wanted[lo:hi] - first
             found[lo:hi] = np.where(is_bos[idx], -1, flat_ids[idx])
+            examples.add(first, flat_ids)
             tok_out.write(pa.table({
                 "seq_id": np.repeat(batch.seq_ids.astype(np.int32), s),
                 "pos": np.tile(np.arange(s, dtype=np.int16), n),
@@ -68,7 +75,8 @@ def write_corpus_tables(writer, params, model, n_windows: int, top_positions: np
     next_ids = np.full(next_pos.shape, -1, dtype=np.int64)
     ok = next_pos >= 0
     next_ids[ok] = found[np.searchsorted(wanted, next_pos[ok])]
-    return {"n_documents": n_docs, "next_token_ids": next_ids}
+    context_tokens = examples.token_texts(lambda ids: decode_tokens(model.tokenizer, ids))
+    return {"n_documents": n_docs, "next_token_ids": next_ids, "context_tokens": context_tokens}
 
 
 def agreement_column(next_token_ids: np.ndarray, top_value_ids: list) -> np.ndarray:

@@ -62,7 +62,8 @@ def read_manifest(path: Path) -> dict:
 
 
 def check_schema_version(manifest: dict, path: Path) -> int:
-    """The manifest's schema version; StoreError when missing or newer than this code."""
+    """The manifest's schema version; StoreError when missing or not this code's: a newer store
+    needs a newer mechscope, an older one lacks columns the queries read and must be rebuilt."""
     version = manifest.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise StoreError(f"'{path}' has no valid schema_version in its {MANIFEST_NAME}")
@@ -70,6 +71,12 @@ def check_schema_version(manifest: dict, path: Path) -> int:
         raise StoreError(
             f"'{path}' was written with store schema version {version}; this mechscope reads "
             f"versions up to {SCHEMA_VERSION}: upgrade mechscope"
+        )
+    if version < SCHEMA_VERSION:
+        raise StoreError(
+            f"'{path}' was written with store schema version {version}, older than this mechscope's "
+            f"{SCHEMA_VERSION}: rebuild it (`mechscope build` into a new folder; for the demo store, "
+            "delete it and run `mechscope demo`)"
         )
     return version
 

@@ -140,16 +140,14 @@ def neuron(store: Store, layer: int, neuron: int) -> pa.Table:
 
 def neuron_examples(store: Store, layer: int, neuron: int, kind: str) -> pa.Table:
     """One neuron's examples of a kind ('top' or 'band') by rank, each with its context tokens:
-    `context_tokens[i]` is the token at position ctx_start + i of the example's window."""
+    `context_tokens[i]` is the token at position ctx_start + i of the example's window. Read from
+    the row itself (not `tokens`), so the cost does not grow with the corpus (bench/README.md)."""
     return store.sql(
         """
-        SELECT e.rank, e.seq_id, e.pos, e.activation, e.ctx_start, e.context_acts,
-               (SELECT list(t.token ORDER BY t.pos) FROM tokens t
-                 WHERE t.seq_id = e.seq_id
-                   AND t.pos BETWEEN e.ctx_start AND e.ctx_start + len(e.context_acts) - 1) AS context_tokens
-        FROM neuron_examples e
-        WHERE e.layer = ? AND e.neuron = ? AND e.kind = ?
-        ORDER BY e.rank
+        SELECT rank, seq_id, pos, activation, ctx_start, context_acts, context_tokens
+        FROM neuron_examples
+        WHERE layer = ? AND neuron = ? AND kind = ?
+        ORDER BY rank
         """,
         [layer, neuron, kind],
     )
@@ -182,9 +180,7 @@ def deletion_neurons(store: Store, n: int, layer_lo: int, layer_hi: int, n_examp
             ORDER BY deletion_cos, layer, neuron LIMIT ?
         ), e AS (
             SELECT e.layer, e.neuron, e.rank, e.seq_id, e.pos, e.activation, e.ctx_start, e.context_acts,
-                   (SELECT list(t.token ORDER BY t.pos) FROM tokens t
-                     WHERE t.seq_id = e.seq_id
-                       AND t.pos BETWEEN e.ctx_start AND e.ctx_start + len(e.context_acts) - 1) AS context_tokens
+                   e.context_tokens
             FROM neuron_examples e SEMI JOIN d ON d.layer = e.layer AND d.neuron = e.neuron
             WHERE e.kind = 'top' AND e.rank < ?
         ), g AS (

@@ -5,7 +5,13 @@ tests all derive from `TABLES`. Nothing here knows how the numbers are computed 
 `pipeline/`) or how they are queried (that is `store/queries.py`).
 
 Conventions: snake_case, integer keys named `layer`, `neuron`, `seq_id`, `pos`, `doc_id`,
-`token_id`; units and kinds as suffixes (`_frac`, `_cos`); token text lives once, in `tokens`.
+`token_id`; units and kinds as suffixes (`_frac`, `_cos`); token text lives in `tokens`, with one
+exception: `neuron_examples.context_tokens` repeats each example's window of tokens as text, so
+that a neuron page never has to look its windows up in the (corpus-sized) `tokens` table.
+
+Version history (`SCHEMA_VERSION`, written to every manifest; `store.manifest` refuses others):
+1. the first store layout;
+2. `neuron_examples.context_tokens`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,12 @@ NEURON_EXAMPLES = Table(
             pa.list_(pa.float32()),
             "The neuron's activations at positions ctx_start, ctx_start+1, ... of the same window "
             "(a window of context around pos; NaN for BOS positions).",
+        ),
+        _c(
+            "context_tokens",
+            pa.list_(pa.string()),
+            "The tokens at positions ctx_start, ctx_start+1, ... of the same window, as text "
+            "(aligned with context_acts: same length; equal to `tokens.token` at those positions).",
         ),
     ),
     ("layer", "neuron", "kind", "rank"),

@@ -34,7 +34,8 @@ def verify_store(path: str | Path) -> list[str]:
     problems = []
     version = manifest.get("schema_version")
     if version != schema.SCHEMA_VERSION:
-        problems.append(f"{MANIFEST_NAME}: schema_version is {version!r}, this code's is {schema.SCHEMA_VERSION}")
+        hint = "; rebuild the store" if isinstance(version, int) and version < schema.SCHEMA_VERSION else ""
+        problems.append(f"{MANIFEST_NAME}: schema_version is {version!r}, this code's is {schema.SCHEMA_VERSION}{hint}")
     listed = manifest.get("tables")
     if not isinstance(listed, dict):
         return [*problems, f"{MANIFEST_NAME}: no 'tables' object"]

@@ -308,6 +308,23 @@ def test_read_commands_on_non_stores(tmp_path, command, ref_store):
         one_error_line(mechscope(command, broken, *extra), "manifest.json")
 
 
+def test_older_schema_says_rebuild(tmp_path, ref_store):
+    """A store written by an older mechscope: every command says to rebuild it, in one line,
+    and `demo` leaves it as it is rather than building over it."""
+    from store.schema import SCHEMA_VERSION
+
+    old = tmp_path / "old"
+    shutil.copytree(ref_store, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "schema_version": SCHEMA_VERSION - 1}))
+    before = snapshot(old)
+    for args in (("info", old), ("query", old, "SELECT 1"), ("serve", old), ("demo", "--dir", old, "--no-serve")):
+        one_error_line(mechscope(*args), "schema version", "rebuild")
+    r = mechscope("verify", old)
+    assert r.returncode == 1 and "rebuild" in r.stdout and "Traceback" not in r.stderr, r
+    assert snapshot(old) == before
+
+
 def test_missing_partial_hint(tmp_path):
     """A path whose build is unfinished says so."""
     (tmp_path / "s.partial").mkdir()
@@ -397,7 +414,7 @@ def spawn_until_checkpoint(args: tuple, out: Path, sig: int = signal.SIGKILL,
 
 
 def test_killed_build_resumes_to_the_same_store(ref_store, tmp_path):
-    from tests.test_build import assert_same_store
+    from test_build import assert_same_store
 
     out = tmp_path / "killed"
     args = ("build", *REF_ARGS, "--out", out, "--checkpoint-every", "0")

@@ -6,6 +6,7 @@ The real-browser test is `tests/test_e2e_browser.py`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_store import context_token_check
 
 from dashboard import locate, nav, render, serve
 from dashboard.synthetic import XSS_TOKEN, write_synthetic_store
@@ -192,6 +194,18 @@ def test_missing_store_is_a_readable_error(tmp_path, monkeypatch):
     assert not at.exception and "does not exist" in at.error[0].value
 
 
+def test_older_store_is_a_readable_error(tmp_path, monkeypatch):
+    write_synthetic_store(tmp_path / "a")
+    old = write_synthetic_store(tmp_path / "b")
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "schema_version": manifest["schema_version"] - 1}))
+    monkeypatch.setenv(nav.ENV_VAR, str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception and not at.error
+    at.sidebar.selectbox[0].select("b").run()
+    assert not at.exception and "rebuild it" in at.error[0].value
+
+
 # --- queries -------------------------------------------------------------------------------
 
 
@@ -201,6 +215,8 @@ def test_queries_examples_and_neighbours(store_root):
     assert [e["rank"] for e in top] == list(range(len(top)))
     assert all(len(e["context_tokens"]) == len(e["context_acts"]) for e in top)
     assert all(e["context_tokens"][e["pos"] - e["ctx_start"]] == XSS_TOKEN for e in top)
+    check = context_token_check(store)  # every row's context_tokens is what `tokens` holds there
+    assert set(check) == {"top", "band"} and all(c["wrong"] == c["bad_len"] == 0 for c in check.values()), check
     near = {r["direction"]: (r["layer"], r["neuron"]) for r in queries.neighbours(store, 1, 0).to_pylist()}
     assert near == {"prev": (0, 7), "next": (1, 1)}
     assert [r["direction"] for r in queries.neighbours(store, 0, 0).to_pylist()] == ["next"]

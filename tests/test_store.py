@@ -1,7 +1,8 @@
 """The store package: crash-safe writing, opening, verifying, formatting, import boundary.
 
 Tables come from `synthetic_table`, which makes valid rows for any table of `store.schema`
-(so new tables are covered without touching this file). The SQL guard has its own tests in
+(so new tables are covered without touching this file); `neuron_examples` windows are then
+placed on the synthetic `tokens` rows, so that `context_tokens` agrees with `tokens`. The SQL guard has its own tests in
 tests/test_sqlguard.py.
 """
 
@@ -46,10 +47,26 @@ def synthetic_table(t: schema.Table, n: int = N_ROWS, seed: int = 0, shuffle: bo
             columns[c.name] = [_key_value(c.type, d) for d in digits]
         else:
             columns[c.name] = [_value(c.type, c.nullable, rng) for _ in range(n)]
+    if t.name == "neuron_examples":
+        _place_windows(columns, synthetic_table(schema.table("tokens"), n, seed, shuffle=False), rng)
     order = list(range(n))
     if shuffle:
         rng.shuffle(order)
     return pa.table({name: [vals[i] for i in order] for name, vals in columns.items()}, schema=t.arrow_schema())
+
+
+def _place_windows(columns: dict, tokens: pa.Table, rng: random.Random) -> None:
+    """Give every example a window of len(context_acts) tokens inside one window of `tokens`
+    (seq_id, ctx_start, a pos inside it) and those tokens' text as context_tokens."""
+    windows: dict[int, list[str]] = {}
+    for row in tokens.sort_by([("seq_id", "ascending"), ("pos", "ascending")]).to_pylist():
+        windows.setdefault(row["seq_id"], []).append(row["token"])
+    for i, acts in enumerate(columns["context_acts"]):
+        seq = rng.choice([s for s, toks in windows.items() if len(toks) >= len(acts)])
+        start = rng.randint(0, len(windows[seq]) - len(acts))
+        columns["seq_id"][i], columns["ctx_start"][i] = seq, start
+        columns["pos"][i] = start + rng.randint(0, max(len(acts) - 1, 0))
+        columns["context_tokens"][i] = windows[seq][start:start + len(acts)]
 
 
 def _key_value(type_: pa.DataType, digit: int):
@@ -109,6 +126,31 @@ def test_synthetic_rows_cover_every_table():
         assert data.schema.equals(t.arrow_schema()) and data.num_rows == N_ROWS
         keys = data.select(list(t.sort_key)).to_pylist()
         assert len({tuple(r.values()) for r in keys}) == N_ROWS, f"{t.name}: sort keys must be unique"
+
+
+def context_token_check(store) -> dict[str, dict]:
+    """Per kind of `neuron_examples` row: `rows`, `tokens` (context_tokens entries), `wrong` (entries
+    that differ from `tokens.token` at (seq_id, ctx_start + i), or have no such row) and `bad_len`
+    (rows whose context_tokens and context_acts differ in length): a join independent of how
+    the column was made."""
+    tokens = store.sql("""
+        WITH x AS (SELECT kind, seq_id, ctx_start + generate_subscripts(context_tokens, 1) - 1 AS pos,
+                          unnest(context_tokens) AS token FROM neuron_examples)
+        SELECT x.kind, count(*) AS tokens, count(*) FILTER (WHERE t.token IS DISTINCT FROM x.token) AS wrong
+        FROM x LEFT JOIN tokens t USING (seq_id, pos) GROUP BY x.kind""").to_pylist()
+    rows = store.sql("SELECT kind, count(*) AS rows, count(*) FILTER (WHERE len(context_tokens) <> "
+                     "len(context_acts)) AS bad_len FROM neuron_examples GROUP BY kind").to_pylist()
+    out = {r["kind"]: {"rows": r["rows"], "bad_len": r["bad_len"], "tokens": 0, "wrong": 0} for r in rows}
+    for r in tokens:
+        out[r["kind"]].update(tokens=r["tokens"], wrong=r["wrong"])
+    return out
+
+
+def test_synthetic_context_tokens_agree_with_tokens(store_dir):
+    with open_store(store_dir) as store:
+        check = context_token_check(store)
+    assert sum(c["tokens"] for c in check.values()) > N_ROWS
+    assert all(c["wrong"] == 0 and c["bad_len"] == 0 for c in check.values()), check
 
 
 def test_roundtrip_commit_open_query_verify(store_dir):
@@ -295,16 +337,16 @@ def test_commit_into_existing_empty_folder_removes_checkpoint(tmp_path):
         w.write_table("neurons", synthetic_table(schema.table("neurons")))
 
 
-@pytest.mark.parametrize("path_kind", ["missing", "file", "empty", "newer", "partial"])
+@pytest.mark.parametrize("path_kind", ["missing", "file", "empty", "newer", "older", "partial"])
 def test_open_store_refuses_what_is_not_a_store(tmp_path, store_dir, path_kind):
     path = tmp_path / "x"
     if path_kind == "file":
         path.write_text("x")
     elif path_kind == "empty":
         path.mkdir()
-    elif path_kind == "newer":
+    elif path_kind in ("newer", "older"):
         m = json.loads((store_dir / MANIFEST_NAME).read_text())
-        m["schema_version"] = schema.SCHEMA_VERSION + 1
+        m["schema_version"] = schema.SCHEMA_VERSION + (1 if path_kind == "newer" else -1)
         (store_dir / MANIFEST_NAME).write_text(json.dumps(m))
         path = store_dir
     elif path_kind == "partial":
@@ -315,7 +357,7 @@ def test_open_store_refuses_what_is_not_a_store(tmp_path, store_dir, path_kind):
     msg = one_line_error(e)
     expected = {"missing": "does not exist", "file": "not a folder",
                 "empty": "not a mechscope store (no manifest.json)",
-                "newer": "upgrade mechscope", "partial": "unfinished build"}[path_kind]
+                "newer": "upgrade mechscope", "older": "rebuild it", "partial": "unfinished build"}[path_kind]
     assert expected in msg
     if path_kind == "partial":
         with pytest.raises(StoreError, match="unfinished build"):
