@@ -8,7 +8,8 @@ Runs, interleaved in one process so that machine noise hits every variant alike:
 - bridge forward to the last `mlp.hook_post`: what the harvest runs, without its statistics
   (so harvest / this = the cost of the statistics alone);
 - harvest: mechscope's neuron statistics (moments, top-k with context, records, histogram,
-  band samples) fed from `mlp.hook_post` hooks;
+  band samples) fed from `mlp.hook_post` hooks, with the native CPU kernels (the default on a
+  CPU) and with torch ops only (what runs on other devices, or without a C compiler);
 - naive: `run_with_cache` of every hook, then per layer a full sort of each neuron's
   activations and a merge with the running top-k (what a first script would do).
 Then, in subprocesses, peak RSS of the harvest over 1x and 4x the corpus, and the store size
@@ -72,6 +73,7 @@ def throughput(args) -> dict:
     hf = model.bridge.original_model
     blocks = getattr(hf, "transformer", None) or hf.model
     harvest = NeuronHarvest(model, config)
+    harvest_torch = NeuronHarvest(model, config, use_native=False)
     naive = Naive(model, config.top_k)
     tok = lambda b: torch.from_numpy(b.token_ids).long()  # noqa: E731
     variants = {
@@ -79,6 +81,7 @@ def throughput(args) -> dict:
         "bridge forward to last mlp.hook_post": lambda b: run_through_last_mlp(model, tok(b), []),
         "forward (with unembedding)": lambda b: model.bridge(tok(b)),
         "harvest (mechscope)": lambda b: harvest.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0),
+        "harvest, torch ops only": lambda b: harvest_torch.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0),
         "naive (run_with_cache + sort)": lambda b: naive.process(tok(b)),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -87,6 +90,7 @@ def throughput(args) -> dict:
         # until the lists fill); a real build of 1M tokens spends ~1% of its batches there.
         for b in batches[: args.warmup]:
             variants["harvest (mechscope)"](b)
+            variants["harvest, torch ops only"](b)
             variants["naive (run_with_cache + sort)"](b)
         for b in batches[args.warmup :]:
             for name, fn in variants.items():
@@ -127,6 +131,12 @@ def store_size(args, n_tokens: int) -> tuple[int, float]:
     return size, manifest["tokens_per_s"]
 
 
+def harvest_native_available() -> bool:
+    from pipeline.stats import native
+
+    return native.library() is not None
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="gpt2-random")
@@ -148,8 +158,8 @@ def main() -> None:
     rates = throughput(args)
     base = rates["forward (blocks only)"]
     rows = [(name, f"{r:,.0f}", f"{r / base:.2f}x") for name, r in rates.items()]
-    results: dict = {"args": vars(args), "tokens_per_s": rates,
-                     "torch_threads": torch.get_num_threads()}
+    results: dict = {"args": vars(args), "tokens_per_s": rates, "torch_threads": torch.get_num_threads(),
+                     "native_kernels": harvest_native_available()}
     if not args.skip_memory:
         m1, m4 = peak_rss(args, args.mem_batches), peak_rss(args, 4 * args.mem_batches)
         s1, _ = store_size(args, args.store_tokens)

@@ -13,7 +13,7 @@ import torch
 
 from pipeline import hooks
 from pipeline.stats import StatsConfig, make_neuron_stats
-from pipeline.stats.batch import TokenBatch
+from pipeline.stats.batch import LayerActs, TokenBatch
 
 
 class _LastLayerDone(Exception):
@@ -36,19 +36,20 @@ def run_through_last_mlp(model, tokens: torch.Tensor, fwd_hooks: list) -> None:
 
 
 class NeuronHarvest:
-    def __init__(self, model, config: StatsConfig):
+    def __init__(self, model, config: StatsConfig, use_native: bool | None = None):
+        """use_native: the fused CPU kernels of `stats.native` (None: wherever available)."""
         self.model, self.config = model, config
-        self.stats = make_neuron_stats(config, model.n_layers, model.d_mlp, model.device)
+        self.stats = make_neuron_stats(config, model.n_layers, model.d_mlp, model.device, use_native)
         self._batch: TokenBatch | None = None
 
     def _hook(self, layer: int):
         def fn(acts: torch.Tensor, hook=None) -> None:
             batch = self._batch
             assert batch is not None
-            acts = acts.detach().to(torch.float32)  # statistics accumulate in fp32 at least
-            flat = acts.reshape(-1, acts.shape[-1]).index_select(0, batch.valid_rows)
+            # statistics accumulate in fp32 at least
+            x = LayerActs(layer, acts.detach().to(torch.float32).contiguous(), batch)
             for stat in self.stats:
-                stat.update(layer, acts, flat, batch)
+                stat.update(x)
 
         return fn
 

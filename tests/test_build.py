@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_store import context_token_check
 
 from pipeline import hooks
 from pipeline.build import BuildInterrupted, BuildParams, NeuronHarvest, build, harvest_windows, write_store
 from pipeline.corpus import iter_documents
+from pipeline.example_windows import ExampleWindows
 from pipeline.models import load_model
-from pipeline.stats import StatsConfig
+from pipeline.stats import StatsConfig, native
 from pipeline.stats.bins import ZERO_BIN, bin_ranges
 from pipeline.windows import iter_windows
 from store import StoreWriter, open_store
@@ -113,6 +115,30 @@ def test_band_samples_lie_in_their_bands_and_contexts_decode(built):
         assert abs(ctx[pos - start] - a) <= 2e-3 * max(1.0, abs(a))  # context is stored at fp16 precision
 
 
+def test_context_tokens_equal_the_tokens_table(built):
+    """Every example's context_tokens, top and band, is the `tokens` text of its window."""
+    _, p, store = built
+    width = p.stats.window.width(p.stats.seq_len)
+    check = context_token_check(store)
+    assert set(check) == {"top", "band"}, check
+    for kind, c in check.items():
+        assert c["rows"] > 0 and c["tokens"] == c["rows"] * width, (kind, c)
+        assert c["wrong"] == 0 and c["bad_len"] == 0, (kind, c)
+
+
+def test_example_windows_refuse_what_they_cannot_fill():
+    with pytest.raises(ValueError, match="crosses a corpus window"):
+        ExampleWindows(np.array([0, 30]), width=4, seq_len=32)
+    windows = ExampleWindows(np.array([40, 2, 33]), width=4, seq_len=32)
+    windows.add(32, np.arange(100, 132))  # window 1 only: the row starting at 2 stays unfilled
+    assert windows.token_ids[[0, 2]].tolist() == [[108, 109, 110, 111], [101, 102, 103, 104]]
+    with pytest.raises(RuntimeError, match="outside the corpus"):
+        windows.token_texts(lambda ids: {i: str(i) for i in ids})
+    windows.add(0, np.arange(32))
+    texts = windows.token_texts(lambda ids: {i: f"<{i}>" for i in ids}).to_pylist()
+    assert texts[1] == ["<2>", "<3>", "<4>", "<5>"] and texts[2] == ["<101>", "<102>", "<103>", "<104>"]
+
+
 def test_two_halves_merged_equal_one_pass(built, tmp_path):
     name, p, store = built
     model = load_model(name)
@@ -126,6 +152,21 @@ def test_two_halves_merged_equal_one_pass(built, tmp_path):
     first.merge(second)
     merged = open_store(write_store(StoreWriter(tmp_path / "merged"), p, model, first, n_windows, {}, "cpu"))
     assert_same_store(store, merged)
+
+
+def test_torch_accumulators_equal_the_native_kernels(built, tmp_path):
+    """A CPU build uses the native kernels where it can; the torch accumulators (every other
+    device, or no C compiler) must write the same store."""
+    name, p, store = built
+    if native.library() is None:
+        pytest.skip("no C compiler: the built store already came from the torch accumulators")
+    model = load_model(name)
+    harvest = NeuronHarvest(model, p.stats, use_native=False)
+    for _ in harvest_windows(harvest, p):
+        pass
+    n_windows = p.max_tokens // p.stats.seq_len
+    torch_only = open_store(write_store(StoreWriter(tmp_path / "torch"), p, model, harvest, n_windows, {}, "cpu"))
+    assert_same_store(store, torch_only)
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(built, tmp_path):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.stats import StatsConfig, make_neuron_stats
-from pipeline.stats.batch import TokenBatch
+from pipeline.stats import StatsConfig, make_neuron_stats, native
+from pipeline.stats.batch import LayerActs, TokenBatch
 from pipeline.stats.bins import N_BINS, ZERO_BIN, bin_index, bin_ranges
 from pipeline.stats.keys import decode_top, encode_sample, encode_top, position_hash
 
@@ -32,16 +32,25 @@ def make_stream(n_seqs: int = 24, seed: int = 0):
     return acts, is_bos
 
 
-def run(acts, is_bos, seqs: range, batch_size: int):
-    stats = make_neuron_stats(CONFIG, L, N, "cpu")
+# Every test that takes `use_native` runs twice: the torch accumulators and the native kernels.
+IMPLS = [pytest.param(False, id="torch"),
+         pytest.param(True, id="native", marks=pytest.mark.skipif(native.library() is None, reason="no C compiler"))]
+
+
+@pytest.fixture(params=IMPLS)
+def use_native(request):
+    return request.param
+
+
+def run(acts, is_bos, seqs: range, batch_size: int, use_native: bool = False, stats=None):
+    stats = stats or make_neuron_stats(CONFIG, L, acts.shape[-1], "cpu", use_native)
     for lo in range(seqs.start, seqs.stop, batch_size):
         hi = min(lo + batch_size, seqs.stop)
         batch = TokenBatch.build(lo, is_bos[lo:hi], CONFIG.hist_sample_shift)
         for layer in range(L):
-            a = acts[layer, lo:hi].contiguous()
-            flat = a.reshape(-1, N).index_select(0, batch.valid_rows)
+            x = LayerActs(layer, acts[layer, lo:hi].contiguous(), batch)
             for s in stats:
-                s.update(layer, a, flat, batch)
+                s.update(x)
     return stats
 
 
@@ -85,9 +94,9 @@ def test_bin_index_matches_bin_ranges():
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 24])
-def test_top_examples_and_records_equal_brute_force(batch_size):
+def test_top_examples_and_records_equal_brute_force(batch_size, use_native):
     acts, is_bos = make_stream()
-    stats = run(acts, is_bos, range(24), batch_size)
+    stats = run(acts, is_bos, range(24), batch_size, use_native)
     top = next(s for s in stats if s.name == "top")
     positions, values = brute_rows(acts, is_bos)
     for layer in range(L):
@@ -101,9 +110,9 @@ def test_top_examples_and_records_equal_brute_force(batch_size):
                 assert got_v.tolist() == [float(v[i]) for i in order[:k]]
 
 
-def test_top_example_contexts_are_the_neurons_activations():
+def test_top_example_contexts_are_the_neurons_activations(use_native):
     acts, is_bos = make_stream()
-    stats = run(acts, is_bos, range(24), 4)
+    stats = run(acts, is_bos, range(24), 4, use_native)
     rows = finalize(stats)["neuron_examples"]
     w = CONFIG.window.width(S)
     cols = {k: [x for part in v for x in part] for k, v in rows.items()}
@@ -120,9 +129,9 @@ def test_top_example_contexts_are_the_neurons_activations():
     assert checked > L * N * CONFIG.top_k  # top rows and band rows
 
 
-def test_moments_equal_direct_computation():
+def test_moments_equal_direct_computation(use_native):
     acts, is_bos = make_stream()
-    cols = finalize(run(acts, is_bos, range(24), 7))["neurons"]
+    cols = finalize(run(acts, is_bos, range(24), 7, use_native))["neurons"]
     _, values = brute_rows(acts, is_bos)
     v = values.permute(0, 2, 1).reshape(L * N, -1).double()
     np.testing.assert_array_equal(cols["count"][0], np.full(L * N, v.shape[1]))
@@ -133,9 +142,9 @@ def test_moments_equal_direct_computation():
     np.testing.assert_allclose(cols["density_frac"][0], (v > 0).double().mean(1).numpy(), rtol=1e-6)
 
 
-def test_histogram_and_band_samples_equal_brute_force():
+def test_histogram_and_band_samples_equal_brute_force(use_native):
     acts, is_bos = make_stream()
-    stats = run(acts, is_bos, range(24), 5)
+    stats = run(acts, is_bos, range(24), 5, use_native)
     cols = finalize(stats)
     positions, values = brute_rows(acts, is_bos)
     sampled = (position_hash(positions) & 1) == 0
@@ -181,26 +190,51 @@ def _assert_same(a, b):
                     np.testing.assert_array_equal(np.asarray(xa), np.asarray(ya), err_msg=f"{table}.{col}")
 
 
-def test_two_halves_merged_equal_one_pass():
+def test_two_halves_merged_equal_one_pass(use_native):
     acts, is_bos = make_stream()
-    whole = run(acts, is_bos, range(24), 4)
-    first, second = run(acts, is_bos, range(0, 11), 4), run(acts, is_bos, range(11, 24), 3)
+    whole = run(acts, is_bos, range(24), 4, use_native)
+    first, second = run(acts, is_bos, range(0, 11), 4, use_native), run(acts, is_bos, range(11, 24), 3, use_native)
     for mine, theirs in zip(second, first, strict=True):  # merge order must not matter either
         mine.merge(theirs)
     _assert_same(whole, second)
 
 
-def test_state_dict_round_trip_then_continue_equals_one_pass():
+def test_state_dict_round_trip_then_merge_equals_one_pass(use_native):
     acts, is_bos = make_stream()
-    whole = run(acts, is_bos, range(24), 4)
-    part = run(acts, is_bos, range(0, 12), 4)
-    resumed = make_neuron_stats(CONFIG, L, N, "cpu")
+    whole = run(acts, is_bos, range(24), 4, use_native)
+    part = run(acts, is_bos, range(0, 12), 4, use_native)
+    resumed = make_neuron_stats(CONFIG, L, N, "cpu", use_native)
     for s, p in zip(resumed, part, strict=True):
         s.load_state_dict(p.state_dict())
-    rest = run(acts, is_bos, range(12, 24), 4)
+    rest = run(acts, is_bos, range(12, 24), 4, use_native)
     for s, r in zip(resumed, rest, strict=True):
         s.merge(r)
     _assert_same(whole, resumed)
+
+
+@pytest.mark.parametrize("first_native", [False, True], ids=["from-torch", "from-native"])
+def test_checkpoint_then_continue_equals_one_pass_across_implementations(first_native, use_native):
+    """A checkpoint from either implementation, loaded into either, then fed the rest of the stream
+    (as `--resume` does), ends where one uninterrupted pass ends."""
+    if first_native and native.library() is None:
+        pytest.skip("no C compiler")
+    acts, is_bos = make_stream()
+    whole = run(acts, is_bos, range(24), 4, use_native)
+    part = run(acts, is_bos, range(0, 12), 4, first_native)
+    resumed = make_neuron_stats(CONFIG, L, N, "cpu", use_native)
+    for s, p in zip(resumed, part, strict=True):
+        s.load_state_dict(p.state_dict())
+    _assert_same(whole, run(acts, is_bos, range(12, 24), 4, use_native, stats=resumed))
+
+
+@pytest.mark.skipif(native.library() is None, reason="no C compiler")
+def test_native_kernels_equal_the_torch_accumulators():
+    acts, is_bos = make_stream(n_seqs=40, seed=3)
+    _assert_same(run(acts, is_bos, range(40), 6, False), run(acts, is_bos, range(40), 6, True))
+    # wide enough that the kernels split the neurons in tiles across threads (and not a whole number of tiles)
+    wide = torch.randn(L, 20, S, 3 * native.TILE + 77, generator=torch.Generator().manual_seed(5)) * 2
+    wide_bos = make_stream(n_seqs=20)[1]
+    _assert_same(run(wide, wide_bos, range(20), 3, False), run(wide, wide_bos, range(20), 3, True))
 
 
 def test_tensor_binning_equals_the_reference_bin_of():

@@ -1,15 +1,17 @@
-"""What every accumulator sees of one batch: the token layout, computed once per batch.
+"""What every accumulator sees of one batch: the token layout (once per batch) and one layer's
+activations.
 
-Activations arrive per layer as `acts [batch pos d_mlp]` (float32, on the model's device) and as
-`flat [valid d_mlp]`, the same rows with BOS positions removed. BOS positions (position 0 and
-the separators between packed documents) are excluded from every neuron statistic, as
-Neuronpedia excludes position 0: the model's activations on BOS are attention-sink artefacts,
-not responses to text.
+Activations arrive per layer as `LayerActs`: `acts [batch pos d_mlp]` (float32, on the model's
+device) and, computed on first use, `flat [valid d_mlp]`, the same rows with BOS positions
+removed. BOS positions (position 0 and the separators between packed documents) are excluded
+from every neuron statistic, as Neuronpedia excludes position 0: the model's activations on BOS
+are attention-sink artefacts, not responses to text.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -22,6 +24,7 @@ class TokenBatch:
     n_seqs: int
     seq_len: int
     is_bos: torch.Tensor  # [batch pos] bool
+    skip: torch.Tensor  # [batch * pos] uint8: 1 at BOS rows (what the native kernels read)
     valid_rows: torch.Tensor  # [valid] int64: flat indices (b * seq_len + pos) of non-BOS positions
     positions: torch.Tensor  # [valid] int64: global positions seq_id * seq_len + pos, ascending
     sample_rows: torch.Tensor  # [sampled] int64: indices into the valid rows used by histograms
@@ -45,12 +48,41 @@ class TokenBatch:
             n_seqs=n_seqs,
             seq_len=seq_len,
             is_bos=is_bos,
+            skip=is_bos.reshape(-1).to(torch.uint8).contiguous(),
             valid_rows=valid_rows,
             positions=positions,
             sample_rows=sample_rows,
             sample_keys=encode_sample(positions[sample_rows]),
         )
 
+    @property
+    def first_pos(self) -> int:
+        """Global position of the batch's first row (row r is position first_pos + r)."""
+        return self.first_seq * self.seq_len
+
+    @property
+    def n_valid(self) -> int:
+        return self.valid_rows.numel()
+
     def rows_of(self, positions: torch.Tensor) -> torch.Tensor:
         """Indices into the valid rows of global positions that lie in this batch."""
         return torch.searchsorted(self.positions, positions)
+
+
+@dataclass
+class LayerActs:
+    """One layer's activations on one batch, as the accumulators receive them."""
+
+    layer: int
+    acts: torch.Tensor  # [batch pos d_mlp] float32, contiguous
+    batch: TokenBatch
+
+    @cached_property
+    def flat(self) -> torch.Tensor:
+        """[valid d_mlp]: the non-BOS rows (a copy, made once, only if an accumulator asks)."""
+        return self.rows.index_select(0, self.batch.valid_rows)
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """[batch * pos, d_mlp], a view of acts."""
+        return self.acts.view(-1, self.acts.shape[-1])

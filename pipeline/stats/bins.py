@@ -12,9 +12,11 @@ import torch
 
 from store.histogram_bins import LOW_EXP, N_BINS, N_SIDE, PER_OCTAVE, ZERO_BIN, bin_ranges, describe
 
-__all__ = ["N_BINS", "ZERO_BIN", "bin_index", "bin_ranges", "describe"]
+__all__ = ["KERNEL_CONSTANTS", "N_BINS", "ZERO_BIN", "bin_index", "bin_ranges", "describe"]
 
 _FIRST = (127 + LOW_EXP) * PER_OCTAVE  # (biased exponent, 2 mantissa bits) of 2^LOW_EXP
+# what native.c's histogram kernel needs to compute the same bins
+KERNEL_CONSTANTS = (_FIRST - 1, N_SIDE + 1, ZERO_BIN, N_BINS)
 
 
 def bin_index(x: torch.Tensor) -> torch.Tensor:

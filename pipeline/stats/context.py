@@ -30,5 +30,5 @@ class ContextWindow:
         seq, pos = flat_rows // seq_len, flat_rows % seq_len
         cols = self.start(pos, seq_len).unsqueeze(1) + torch.arange(width, device=acts.device)
         rows = seq.unsqueeze(1) * seq_len + cols  # [n, width] flat (b, pos)
-        values = acts.reshape(-1, d_mlp)[rows, neurons.unsqueeze(1)]
-        return values.masked_fill(is_bos.reshape(-1)[rows], float("nan"))
+        values = acts.reshape(-1).take(rows * d_mlp + neurons.unsqueeze(1))
+        return values.masked_fill_(is_bos.reshape(-1).take(rows), float("nan"))

@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.stats.batch import TokenBatch
-from pipeline.stats.bins import N_BINS, ZERO_BIN, bin_index
+from pipeline.stats import native
+from pipeline.stats.batch import LayerActs
+from pipeline.stats.bins import KERNEL_CONSTANTS, N_BINS, ZERO_BIN, bin_index
 from pipeline.stats.context import ContextWindow
 from pipeline.stats.keys import KEY_FULL, decode_sample
 
@@ -25,8 +26,10 @@ class Histogram:
     name = "histogram"
 
     def __init__(self, n_layers: int, d_mlp: int, seq_len: int, window: ContextWindow,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", use_native: bool | None = None):
         self.d_mlp, self.seq_len, self.window = d_mlp, seq_len, window
+        self.native = native.enabled(device) if use_native is None else use_native
+        self._won = native.scratch(d_mlp, N_BINS) if self.native else None
         width = window.width(seq_len)
         slots = d_mlp * N_BINS
         self.counts = torch.zeros((n_layers, slots), dtype=torch.int64, device=device)
@@ -35,10 +38,14 @@ class Histogram:
         self.sample_ctx = torch.zeros((n_layers, slots, width), dtype=torch.float16, device=device)
         self._offsets = torch.arange(d_mlp, device=device, dtype=torch.int32) * N_BINS
 
-    def update(self, layer: int, acts: torch.Tensor, flat: torch.Tensor, batch: TokenBatch) -> None:
+    def update(self, la: LayerActs) -> None:
+        layer, acts, batch = la.layer, la.acts, la.batch
         rows = batch.sample_rows
         if rows.numel() == 0:
             return
+        if self.native:
+            return self._update_native(la)
+        flat = la.flat
         x = flat if rows.numel() == flat.shape[0] else flat.index_select(0, rows)
         slot = (bin_index(x) + self._offsets).reshape(-1).long()  # [rows * d_mlp] neuron * N_BINS + bin
         self.counts[layer] += torch.bincount(slot, minlength=self.counts.shape[1])
@@ -57,6 +64,19 @@ class Histogram:
         self.sample_ctx[layer, won] = self.window.gather(
             acts, batch.valid_rows[valid_row], neuron, batch.is_bos
         ).to(torch.float16)
+
+    def _update_native(self, la: LayerActs) -> None:
+        layer, batch = la.layer, la.batch
+        first = batch.first_pos
+        won = native.hist(la.rows, batch.valid_rows[batch.sample_rows], batch.sample_keys,
+                          (first, first + batch.skip.numel()), KERNEL_CONSTANTS, self.counts[layer],
+                          self.sample_keys[layer], self._won)
+        if won.numel() == 0:
+            return
+        neuron = won // N_BINS
+        rows = decode_sample(self.sample_keys[layer, won]) - first
+        self.sample_values[layer, won] = la.rows[rows, neuron]
+        self.sample_ctx[layer, won] = self.window.gather(la.acts, rows, neuron, batch.is_bos).to(torch.float16)
 
     def merge(self, other: Histogram) -> None:
         self.counts += other.counts

@@ -1,7 +1,8 @@
 """Count, mean, std, min, max and density of every neuron's activation.
 
-Per-batch column sums are taken in float32 and added into float64 totals, so the totals do not
-drift over millions of tokens and merging shards changes them by float64 rounding only.
+Per-batch column sums are taken in float32 (torch) or float64 (native kernel) and added into
+float64 totals, so the totals do not drift over millions of tokens and merging shards changes
+them by float64 rounding only.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.stats.batch import TokenBatch
+from pipeline.stats import native
+from pipeline.stats.batch import LayerActs
 
 
 class Moments:
     name = "moments"
 
-    def __init__(self, n_layers: int, d_mlp: int, device: str | torch.device = "cpu"):
+    def __init__(self, n_layers: int, d_mlp: int, device: str | torch.device = "cpu", use_native: bool | None = None):
+        self.native = native.enabled(device) if use_native is None else use_native
         z64 = torch.zeros((n_layers, d_mlp), dtype=torch.float64, device=device)
         self.count = torch.zeros(n_layers, dtype=torch.int64, device=device)
         self.total = z64.clone()
@@ -24,10 +27,16 @@ class Moments:
         self.min = torch.full((n_layers, d_mlp), float("inf"), device=device)
         self.max = torch.full((n_layers, d_mlp), float("-inf"), device=device)
 
-    def update(self, layer: int, acts: torch.Tensor, flat: torch.Tensor, batch: TokenBatch) -> None:
-        if flat.shape[0] == 0:
+    def update(self, x: LayerActs) -> None:
+        layer = x.layer
+        if x.batch.n_valid == 0:
             return
-        self.count[layer] += flat.shape[0]
+        self.count[layer] += x.batch.n_valid
+        if self.native:
+            native.moments(x.rows, x.batch.skip, self.total[layer], self.total_sq[layer], self.positive[layer],
+                           self.min[layer], self.max[layer])
+            return
+        flat = x.flat
         self.total[layer] += flat.sum(0)
         self.total_sq[layer] += (flat * flat).sum(0)
         # sign of max(x, 0) is 1 exactly where x > 0; summed in float32, exact below 2^24 rows.

@@ -18,14 +18,8 @@ from pipeline.stats.keys import KEY_EMPTY, value_threshold
 
 
 class TopPool:
-    def __init__(
-        self,
-        n_neurons: int,
-        capacity: int,
-        payload_width: int = 0,
-        device: str | torch.device = "cpu",
-        payload_dtype: torch.dtype = torch.float16,
-    ):
+    def __init__(self, n_neurons: int, capacity: int, payload_width: int = 0, device: str | torch.device = "cpu",
+                 payload_dtype: torch.dtype = torch.float16):
         self.n_neurons = n_neurons
         self.capacity = capacity
         self.payload_width = payload_width
@@ -85,13 +79,15 @@ class TopPool:
             )
         self.threshold = value_threshold(self.keys[:, -1])
 
-    def merge(self, other: TopPool) -> None:
-        """Fold another pool (e.g. another shard's) into this one."""
-        other.compact()
-        n = torch.arange(self.n_neurons, device=self.keys.device).repeat_interleave(other.capacity)
-        keys = other.keys.reshape(-1)
+    def merge(self, other) -> None:
+        """Fold another top list (another shard's; a `TopPool` or a `heap.HeapTop`) into this one."""
+        state = other.state_dict()
+        keys = state["keys"].to(self.keys.device)
+        n = torch.arange(self.n_neurons, device=keys.device).repeat_interleave(keys.shape[1])
+        keys = keys.reshape(-1)
         keep = keys != KEY_EMPTY
-        payload = other.payload.reshape(-1, self.payload_width)[keep] if other.payload is not None else None
+        payload = (state["payload"].to(keys.device).reshape(-1, self.payload_width)[keep]
+                   if self.payload is not None else None)
         self.offer(n[keep], keys[keep], payload)
         self.compact()
 

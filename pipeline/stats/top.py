@@ -6,6 +6,10 @@ Two exact top lists per layer share one pass over the activations:
   `neuron_examples` rows of kind 'top'.
 Order: activation descending, then earlier position first (see `keys`), so the lists do not
 depend on batch size, on resuming, or on how the corpus was split.
+
+Two ways to keep the lists, with the same results: on the CPU, per-neuron heaps that the native
+kernel updates in place (`heap.HeapTop`); elsewhere, pools of candidates filtered by a threshold
+and compacted with `topk` (`pool.TopPool`), all torch.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.stats.batch import TokenBatch
+from pipeline.stats import native
+from pipeline.stats.batch import LayerActs
 from pipeline.stats.context import ContextWindow
+from pipeline.stats.heap import HeapTop
 from pipeline.stats.keys import KEY_EMPTY, decode_top, encode_top
 from pipeline.stats.pool import TopPool
 
@@ -23,16 +29,22 @@ class TopActivations:
     name = "top"
 
     def __init__(self, n_layers: int, d_mlp: int, top_k: int, records: int, seq_len: int,
-                 window: ContextWindow, device: str | torch.device = "cpu"):
+                 window: ContextWindow, device: str | torch.device = "cpu", use_native: bool | None = None):
         if records < top_k:
             raise ValueError("records per neuron must be at least top_k")
         self.top_k, self.n_records, self.seq_len, self.window = top_k, records, seq_len, window
+        self.native = native.enabled(device) if use_native is None else use_native
         width = window.width(seq_len)
-        self.examples = [TopPool(d_mlp, top_k, width, device) for _ in range(n_layers)]
+        kind = HeapTop if self.native else TopPool
+        self.examples = [kind(d_mlp, top_k, width, device) for _ in range(n_layers)]
         self._seen = [0] * n_layers  # positions seen per layer: decides when to pre-filter
-        self.records = [TopPool(d_mlp, records, 0, device) for _ in range(n_layers)]
+        self.records = [kind(d_mlp, records, 0, device) for _ in range(n_layers)]
+        self._fresh = native.scratch(d_mlp, 2 * top_k) if self.native else None
 
-    def update(self, layer: int, acts: torch.Tensor, flat: torch.Tensor, batch: TokenBatch) -> None:
+    def update(self, x: LayerActs) -> None:
+        if self.native:
+            return self._update_native(x)
+        layer, acts, flat, batch = x.layer, x.acts, x.flat, x.batch
         records, examples = self.records[layer], self.examples[layer]
         # Only activations above the current R-th best can enter either list (R >= k).
         mask = flat > records.threshold
@@ -56,6 +68,15 @@ class TopActivations:
             rows, neurons, keys = rows[hit], neurons[hit], keys[hit]
             ctx = self.window.gather(acts, batch.valid_rows[rows], neurons, batch.is_bos)
             examples.offer(neurons, keys, ctx)
+
+    def _update_native(self, x: LayerActs) -> None:
+        examples, batch = self.examples[x.layer], x.batch
+        fresh = native.top(x.rows, batch.skip, batch.first_pos, self.records[x.layer], examples, self._fresh)
+        if fresh.numel():
+            neurons, slots = fresh[:, 0], fresh[:, 1]
+            rows = examples.row[neurons, slots].long()
+            ctx = self.window.gather(x.acts, rows, neurons, batch.is_bos)
+            examples.payload[neurons, slots] = ctx.to(examples.payload.dtype)
 
     def merge(self, other: TopActivations) -> None:
         for mine, theirs in zip(self.examples + self.records, other.examples + other.records, strict=True):
