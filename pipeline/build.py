@@ -131,7 +131,7 @@ def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Neuron
 
     t = time.perf_counter()
     top_pos, _ = harvest.top.top_positions()
-    examples = tables["neuron_examples"]
+    examples = tables["neuron_examples"] = _sorted_examples(tables["neuron_examples"])
     starts = examples["seq_id"].astype(np.int64) * params.stats.seq_len + examples["ctx_start"]
     corpus_facts = write_corpus_tables(writer, params, model, n_windows=n_windows, top_positions=top_pos,
                                        example_starts=starts)
@@ -159,6 +159,15 @@ def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Neuron
         "tokens_per_s": round(n_tokens / max(timings.get("harvest_s", 0.0), 1e-9), 1),
     }
     return writer.commit(manifest)
+
+
+def _sorted_examples(columns: dict) -> dict:
+    """`neuron_examples` columns in the table's sort order (layer, neuron, kind, rank), so that
+    the context-token column is built in that order and the writer need not re-sort it."""
+    kind = np.asarray(columns["kind"])
+    order = np.lexsort((columns["rank"], kind == "top", columns["neuron"], columns["layer"]))  # 'band' < 'top'
+    return {name: (values[order] if isinstance(values, np.ndarray) else [values[i] for i in order])
+            for name, values in columns.items()}
 
 
 def _check_device(device: str) -> None:

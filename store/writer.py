@@ -14,7 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store import schema
@@ -134,7 +136,12 @@ class StoreWriter:
         spec = _spec(name)
         data = conform(name, table)
         if data.num_rows > 1:
-            data = data.sort_by([(k, "ascending") for k in spec.sort_key])
+            order = pc.sort_indices(data, sort_keys=[(k, "ascending") for k in spec.sort_key])
+            # Rows that arrive sorted are written as they are: no copy, and their chunks stay
+            # chunks (one `take` would put a column's strings in one array, whose int32 offsets
+            # overflow past 2 GiB of text).
+            if not np.array_equal(order.to_numpy(), np.arange(data.num_rows)):
+                data = data.take(order)
         final = self._work / table_file_name(name)
         tmp = final.with_name(f".{final.name}.tmp")
         try:
