@@ -23,10 +23,11 @@ class HeapTop:
         self.payload_dtype = payload_dtype
         self.keys = torch.full((n_neurons, capacity), KEY_EMPTY, dtype=torch.int64, device=device)
         self.thr = torch.full((n_neurons,), float("-inf"), device=device)
-        self.slot = torch.arange(capacity, dtype=torch.int32, device=device).repeat(n_neurons, 1)
-        self.row = torch.zeros((n_neurons, capacity), dtype=torch.int32, device=device)
-        self.payload = (torch.zeros((n_neurons, capacity, payload_width), dtype=payload_dtype, device=device)
-                        if payload_width else None)
+        self.payload = self.slot = self.row = None  # only lists with a payload track where it is
+        if payload_width:
+            self.payload = torch.zeros((n_neurons, capacity, payload_width), dtype=payload_dtype, device=device)
+            self.slot = torch.arange(capacity, dtype=torch.int32, device=device).repeat(n_neurons, 1)
+            self.row = torch.zeros((n_neurons, capacity), dtype=torch.int32, device=device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         keys, order = self.keys.sort(dim=1, descending=True)
@@ -40,9 +41,9 @@ class HeapTop:
         device = self.keys.device
         self.keys = state["keys"].to(device).flip(1).contiguous()  # ascending: a valid min-heap
         self.thr = value_threshold(self.keys[:, 0]).contiguous()
-        self.slot = torch.arange(self.capacity, dtype=torch.int32, device=device).repeat(self.n_neurons, 1)
         if self.payload is not None:
             self.payload = state["payload"].to(device).flip(1).contiguous()
+            self.slot = torch.arange(self.capacity, dtype=torch.int32, device=device).repeat(self.n_neurons, 1)
 
     def merge(self, other) -> None:
         """Fold another top list (a `HeapTop` or a `TopPool`) into this one."""
