@@ -114,7 +114,19 @@ def _child_harvest(args) -> None:
     harvest = NeuronHarvest(model, StatsConfig(seq_len=args.seq_len, hist_sample_shift=args.hist_shift))
     for b in _batches(model, args.child_harvest, args.batch_size, args.seq_len):
         harvest.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(_peak_rss_mib())
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS. Not ru_maxrss: Linux carries that across fork and exec, so a
+    child started by a big parent would report the parent's size. VmHWM starts afresh at exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def store_size(args, n_tokens: int) -> tuple[int, float]:
