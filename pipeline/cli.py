@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 DEMO_MODEL = "smollm2-135m"
@@ -102,11 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "build" and args.max_tokens is not None and args.max_tokens < args.seq_len:
         parser.error(f"--max-tokens {args.max_tokens} is less than one window of --seq-len {args.seq_len}")
+    warnings.showwarning = _one_line_warning
     try:  # Ctrl-C while torch is still being imported is an interruption too, not a traceback
         return _run(args)
     except KeyboardInterrupt:
         print(f"mechscope {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings (they start with 'mechscope:') as one line; others as Python prints them."""
+    text = str(message)
+    if text.startswith("mechscope:"):
+        print(text, file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
 
 
 def _run(args) -> int:

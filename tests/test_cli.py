@@ -77,6 +77,19 @@ def ref_store(tmp_path_factory) -> Path:
     return out
 
 
+def test_without_a_c_compiler_the_build_says_so_once_and_writes_the_same_examples(ref_store, tmp_path):
+    """No working C compiler: one line on stderr, then the torch accumulators build the same store."""
+    out = tmp_path / "torch"
+    r = mechscope("build", *REF_ARGS, "--out", out, timeout=600,
+                  env={"CC": str(tmp_path / "no-such-cc"), "MECHSCOPE_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    notes = [line for line in r.stderr.splitlines() if "native CPU kernels unavailable" in line]
+    assert len(notes) == 1 and notes[0].startswith("mechscope: ") and notes[0].endswith("using torch only")
+    for table in ("neuron_examples", "activations", "tokens"):  # exact statistics: byte for byte
+        assert (out / f"{table}.parquet").read_bytes() == (ref_store / f"{table}.parquet").read_bytes(), table
+
+
 # --- argument errors: refused by the parser, before anything is imported ------------------
 
 
