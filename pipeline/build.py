@@ -202,6 +202,9 @@ def _to_arrow(name: str, columns: dict):
         values = columns[f.name]
         if isinstance(values, pa.Array | pa.ChunkedArray):  # already Arrow (context_tokens)
             return values.cast(f.type)
+        if isinstance(values, np.ndarray) and values.ndim == 2:  # one fixed-length list per row
+            offsets = np.arange(len(values) + 1, dtype=np.int64) * values.shape[1]
+            return pa.LargeListArray.from_arrays(offsets, np.ascontiguousarray(values).reshape(-1)).cast(f.type)
         # from_pandas: NaN becomes null, which is what a nullable float column means by "no value".
         return pa.array(values, type=f.type, from_pandas=f.nullable)
 

@@ -105,9 +105,9 @@ NEURONS = Table(
         _c(
             "hist_counts",
             pa.list_(pa.int64()),
-            "Activation histogram: counts per bin of the fixed symmetric-log edges "
-            "listed in manifest.json (histogram_edges); bin i covers [edge[i-1], edge[i]), "
-            "bin 0 is below the first edge and the last bin is at or above the last edge.",
+            "Activation histogram of the sampled positions (manifest.json: histogram.sample_fraction): "
+            "counts in the 99 fixed bins, symmetric quarter-octaves; manifest.json's histogram.bin_ranges "
+            "gives each bin's value range. Bin 49 holds |x| < 2^-6, bins 0 and 98 the tails beyond ±2^6.",
         ),
         _c(
             "deletion_cos",

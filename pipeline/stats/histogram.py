@@ -105,7 +105,7 @@ class Histogram:
         pos = positions % self.seq_len
         slot = neuron * N_BINS + band
         return {
-            "neurons": {"hist_counts": list(counts)},
+            "neurons": {"hist_counts": counts},  # [layer * neuron, N_BINS]
             "neuron_examples": {
                 "layer": layer.cpu().numpy().astype(np.int16),
                 "neuron": neuron.cpu().numpy().astype(np.int32),
@@ -115,6 +115,6 @@ class Histogram:
                 "pos": pos.cpu().numpy().astype(np.int16),
                 "activation": self.sample_values[layer, slot].cpu().numpy(),
                 "ctx_start": self.window.start(pos, self.seq_len).cpu().numpy().astype(np.int16),
-                "context_acts": list(self.sample_ctx[layer, slot].to(torch.float32).cpu().numpy()),
+                "context_acts": self.sample_ctx[layer, slot].to(torch.float32).cpu().numpy(),
             },
         }

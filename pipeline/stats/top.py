@@ -136,7 +136,7 @@ class TopActivations:
         pos = torch.from_numpy(rows["pos"].astype(np.int64))
         rows["kind"] = np.full(len(rows["pos"]), "top", dtype=object)
         rows["ctx_start"] = self.window.start(pos, self.seq_len).numpy().astype(np.int16)
-        rows["context_acts"] = list(ctx)
+        rows["context_acts"] = ctx  # [rows, width]
         return rows
 
 
