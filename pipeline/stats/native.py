@@ -85,6 +85,9 @@ def _build() -> Path:
         if done.returncode != 0:
             raise OSError(f"{cc} failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
         os.replace(tmp, target)
+        for old in cache_dir.glob("stats-*.so"):  # builds of older sources (a loaded one stays mapped)
+            if old != target:
+                old.unlink(missing_ok=True)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
