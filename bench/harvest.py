@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.harvest import NeuronHarvest, run_through_last_mlp  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
-from pipeline.stats import StatsConfig  # noqa: E402
+from pipeline.stats import StatsConfig, native  # noqa: E402
 
 
 def _batches(model, n: int, batch_size: int, seq_len: int):
@@ -143,12 +143,6 @@ def store_size(args, n_tokens: int) -> tuple[int, float]:
     return size, manifest["tokens_per_s"]
 
 
-def harvest_native_available() -> bool:
-    from pipeline.stats import native
-
-    return native.library() is not None
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="gpt2-random")
@@ -171,7 +165,7 @@ def main() -> None:
     base = rates["forward (blocks only)"]
     rows = [(name, f"{r:,.0f}", f"{r / base:.2f}x") for name, r in rates.items()]
     results: dict = {"args": vars(args), "tokens_per_s": rates, "torch_threads": torch.get_num_threads(),
-                     "native_kernels": harvest_native_available()}
+                     "native_kernels": native.library() is not None}
     if not args.skip_memory:
         m1, m4 = peak_rss(args, args.mem_batches), peak_rss(args, 4 * args.mem_batches)
         s1, _ = store_size(args, args.store_tokens)

@@ -199,13 +199,19 @@ def test_two_halves_merged_equal_one_pass(use_native):
     _assert_same(whole, second)
 
 
+def restored(stats, use_native: bool) -> list:
+    """Fresh accumulators loaded from the state dicts of `stats`, as a checkpoint restores them."""
+    fresh = make_neuron_stats(CONFIG, L, N, "cpu", use_native)
+    for s, p in zip(fresh, stats, strict=True):
+        s.load_state_dict(p.state_dict())
+    return fresh
+
+
 def test_state_dict_round_trip_then_merge_equals_one_pass(use_native):
     acts, is_bos = make_stream()
     whole = run(acts, is_bos, range(24), 4, use_native)
     part = run(acts, is_bos, range(0, 12), 4, use_native)
-    resumed = make_neuron_stats(CONFIG, L, N, "cpu", use_native)
-    for s, p in zip(resumed, part, strict=True):
-        s.load_state_dict(p.state_dict())
+    resumed = restored(part, use_native)
     rest = run(acts, is_bos, range(12, 24), 4, use_native)
     for s, r in zip(resumed, rest, strict=True):
         s.merge(r)
@@ -221,9 +227,7 @@ def test_checkpoint_then_continue_equals_one_pass_across_implementations(first_n
     acts, is_bos = make_stream()
     whole = run(acts, is_bos, range(24), 4, use_native)
     part = run(acts, is_bos, range(0, 12), 4, first_native)
-    resumed = make_neuron_stats(CONFIG, L, N, "cpu", use_native)
-    for s, p in zip(resumed, part, strict=True):
-        s.load_state_dict(p.state_dict())
+    resumed = restored(part, use_native)
     _assert_same(whole, run(acts, is_bos, range(12, 24), 4, use_native, stats=resumed))
 
 

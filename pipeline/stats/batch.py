@@ -64,10 +64,6 @@ class TokenBatch:
     def n_valid(self) -> int:
         return self.valid_rows.numel()
 
-    def rows_of(self, positions: torch.Tensor) -> torch.Tensor:
-        """Indices into the valid rows of global positions that lie in this batch."""
-        return torch.searchsorted(self.positions, positions)
-
 
 @dataclass
 class LayerActs:

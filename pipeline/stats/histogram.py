@@ -39,7 +39,7 @@ class Histogram:
         self._offsets = torch.arange(d_mlp, device=device, dtype=torch.int32) * N_BINS
 
     def update(self, la: LayerActs) -> None:
-        layer, acts, batch = la.layer, la.acts, la.batch
+        layer, batch = la.layer, la.batch
         rows = batch.sample_rows
         if rows.numel() == 0:
             return
@@ -57,13 +57,8 @@ class Histogram:
         won = (best < self.sample_keys[layer]).nonzero().squeeze(1)
         if won.numel() == 0:
             return
-        neuron = won // N_BINS
-        valid_row = batch.rows_of(decode_sample(best[won]))
         self.sample_keys[layer, won] = best[won]
-        self.sample_values[layer, won] = flat[valid_row, neuron]
-        self.sample_ctx[layer, won] = self.window.gather(
-            acts, batch.valid_rows[valid_row], neuron, batch.is_bos
-        ).to(torch.float16)
+        self._take_samples(la, won)
 
     def _update_native(self, la: LayerActs) -> None:
         layer, batch = la.layer, la.batch
@@ -71,12 +66,16 @@ class Histogram:
         won = native.hist(la.rows, batch.valid_rows[batch.sample_rows], batch.sample_keys,
                           (first, first + batch.skip.numel()), KERNEL_CONSTANTS, self.counts[layer],
                           self.sample_keys[layer], self._won)
-        if won.numel() == 0:
-            return
-        neuron = won // N_BINS
-        rows = decode_sample(self.sample_keys[layer, won]) - first
+        if won.numel():
+            self._take_samples(la, won)
+
+    def _take_samples(self, la: LayerActs, won: torch.Tensor) -> None:
+        """Value and context of the band samples whose slots `won` this batch: their positions
+        are in their keys, which already hold the winners."""
+        layer, neuron = la.layer, won // N_BINS
+        rows = decode_sample(self.sample_keys[layer, won]) - la.batch.first_pos  # b * seq_len + pos
         self.sample_values[layer, won] = la.rows[rows, neuron]
-        self.sample_ctx[layer, won] = self.window.gather(la.acts, rows, neuron, batch.is_bos).to(torch.float16)
+        self.sample_ctx[layer, won] = self.window.gather(la.acts, rows, neuron, la.batch.is_bos).to(torch.float16)
 
     def merge(self, other: Histogram) -> None:
         self.counts += other.counts
