@@ -33,7 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.harvest import NeuronHarvest, run_through_last_mlp  # noqa: E402
+from pipeline import hooks  # noqa: E402
+from pipeline.harvest import Harvest, run_through  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.stats import StatsConfig, native  # noqa: E402
 
@@ -72,13 +73,14 @@ def throughput(args) -> dict:
     batches = _batches(model, args.warmup + args.batches, args.batch_size, args.seq_len)
     hf = model.bridge.original_model
     blocks = getattr(hf, "transformer", None) or hf.model
-    harvest = NeuronHarvest(model, config)
-    harvest_torch = NeuronHarvest(model, config, use_native=False)
+    harvest = Harvest(model, config)
+    harvest_torch = Harvest(model, config, use_native=False)
     naive = Naive(model, config.top_k)
+    last_mlp = hooks.point("mlp_post", model.n_layers - 1)
     tok = lambda b: torch.from_numpy(b.token_ids).long()  # noqa: E731
     variants = {
         "forward (blocks only)": lambda b: blocks(tok(b)),
-        "bridge forward to last mlp.hook_post": lambda b: run_through_last_mlp(model, tok(b), []),
+        "bridge forward to last mlp.hook_post": lambda b: run_through(model, tok(b), [], last_mlp),
         "forward (with unembedding)": lambda b: model.bridge(tok(b)),
         "harvest (mechscope)": lambda b: harvest.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0),
         "harvest, torch ops only": lambda b: harvest_torch.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0),
@@ -111,7 +113,7 @@ def peak_rss(args, n_batches: int) -> float:
 
 def _child_harvest(args) -> None:
     model = load_model(args.model)
-    harvest = NeuronHarvest(model, StatsConfig(seq_len=args.seq_len, hist_sample_shift=args.hist_shift))
+    harvest = Harvest(model, StatsConfig(seq_len=args.seq_len, hist_sample_shift=args.hist_shift))
     for b in _batches(model, args.child_harvest, args.batch_size, args.seq_len):
         harvest.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0)
     print(_peak_rss_mib())

@@ -5,29 +5,34 @@ The orchestrator owns batching, progress, checkpoints and writing; it holds no m
 1. validate everything a user can get wrong (output folder, corpus, model) before the long pass;
 2. one streaming pass over the corpus windows, checkpointing the accumulators now and then so
    that `--resume` continues a killed build and ends with the same store;
-3. finalize: accumulator tables, weight-only analyses, a second cheap pass over the tokenized
-   corpus for the `documents` and `tokens` tables and the examples' context tokens, and the
-   manifest — committed atomically by `store.StoreWriter` (a killed build leaves no store,
-   never a half one).
+3. finalize: the statistics' tables and the analyses' (`pipeline/stats/registry.py`,
+   `pipeline/analysis/registry.py`: nothing here names a statistic or a table but the corpus
+   ones), put together by `pipeline/assemble.py`; a second cheap pass over the tokenized corpus
+   for the `documents` and `tokens` tables and the token requests of the other tables; derived
+   columns; the manifest — committed atomically by `store.StoreWriter` (a killed build leaves
+   no store, never a half one).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from pipeline import assemble
 from pipeline import corpus as corpora
-from pipeline.analysis import neuron_weight_columns
-from pipeline.corpus_tables import agreement_column, write_corpus_tables
-from pipeline.harvest import NeuronHarvest
+from pipeline.analysis import registry as analysis_registry
+from pipeline.corpus_tables import write_corpus_tables
+from pipeline.harvest import Harvest
 from pipeline.progress import Progress
 from pipeline.stats import StatsConfig
 from pipeline.stats import bins as hist_bins
+from pipeline.stats.deferred import TokenIdsAt, TokenWindows
+from pipeline.stats.derived import DERIVED
 from pipeline.windows import iter_windows
 from store import StoreWriter
 
@@ -71,7 +76,7 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
             writer.abort()
         raise
     started = time.perf_counter()
-    harvest = NeuronHarvest(model, params.stats)
+    harvest = Harvest(model, params.stats)
     start_window, tokens_done, elapsed_before = _restore(writer.work_dir, params, harvest) if resume else (0, 0, 0.0)
 
     n_windows = None if params.max_tokens is None else params.max_tokens // params.stats.seq_len
@@ -105,10 +110,10 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
             f"corpus {params.corpus!r} has fewer than seq_len={params.stats.seq_len} tokens: nothing to build"
         )
     harvest_s = elapsed_before + time.perf_counter() - started
-    return write_store(writer, params, model, harvest, next_window, {"harvest_s": harvest_s}, device)
+    return write_store(writer, params, model, harvest, next_window, {"harvest_s": harvest_s}, device, progress)
 
 
-def harvest_windows(harvest: NeuronHarvest, params: BuildParams, start_window: int = 0,
+def harvest_windows(harvest: Harvest, params: BuildParams, start_window: int = 0,
                     stop_window: int | None = None):
     """Feed corpus windows [start, stop) to the harvest; yields each batch after processing it."""
     model = harvest.model
@@ -120,33 +125,40 @@ def harvest_windows(harvest: NeuronHarvest, params: BuildParams, start_window: i
         yield batch
 
 
-def write_store(writer: StoreWriter, params: BuildParams, model, harvest: NeuronHarvest, n_windows: int,
-                timings: dict[str, float], device: str) -> Path:
-    """Finalize a harvest (possibly merged from shards) into a committed store."""
+def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Harvest, n_windows: int,
+                timings: dict[str, float], device: str, progress: bool = False) -> Path:
+    """Finalize a harvest (possibly merged from shards) and the model's analyses into a committed
+    store: whatever tables they fill, plus the corpus tables."""
     t = time.perf_counter()
-    tables = harvest.finalize()
-    neurons = tables["neurons"]
-    neurons.update(neuron_weight_columns(model))
-    timings["weights_s"] = time.perf_counter() - t
+    declared = {**harvest.tables(), **{tb.name: tb for a in analysis_registry.ANALYSES for tb in a.tables}}
+    parts = harvest.finalize()
+    extra_manifest = {}
+    for analysis in analysis_registry.ANALYSES:
+        _say(progress, f"analysis: {analysis.name}")
+        out = dict(analysis.run(model, params.stats))
+        if analysis_registry.MANIFEST_KEY in out:
+            extra_manifest[analysis.name] = out.pop(analysis_registry.MANIFEST_KEY)
+        parts.append(out)
+    combined = assemble.combine(parts, declared)
+    tables = {name: assemble.sort_rows(cols, declared[name]) for name, cols in combined.items()}
+    timings["analyses_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    top_pos, _ = harvest.top.top_positions()
-    examples = tables["neuron_examples"] = _sorted_examples(tables["neuron_examples"])
-    starts = examples["seq_id"].astype(np.int64) * params.stats.seq_len + examples["ctx_start"]
-    corpus_facts = write_corpus_tables(writer, params, model, n_windows=n_windows, top_positions=top_pos,
-                                       example_starts=starts)
-    neurons["kv_agreement_frac"] = agreement_column(
-        corpus_facts.pop("next_token_ids"), neurons["kv_top_token_ids"]
-    )
-    examples["context_tokens"] = corpus_facts.pop("context_tokens")
+    _say(progress, "corpus tables and example tokens")
+    windows = [(name, c, v) for name, cols in tables.items() for c, v in cols.items() if isinstance(v, TokenWindows)]
+    ids_at = [(name, c, v) for name, cols in tables.items() for c, v in cols.items() if isinstance(v, TokenIdsAt)]
+    corpus_facts, texts, ids = write_corpus_tables(writer, params, model, n_windows=n_windows,
+                                                   windows=[v for *_, v in windows], ids_at=[v for *_, v in ids_at])
+    for (name, c, _), resolved in zip([*windows, *ids_at], [*texts, *ids], strict=True):
+        tables[name][c] = resolved
+    for derive in DERIVED:
+        derive(tables)
     timings["corpus_tables_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    n_layers, d_mlp = model.n_layers, model.d_mlp
-    neurons["layer"] = np.repeat(np.arange(n_layers, dtype=np.int16), d_mlp)
-    neurons["neuron"] = np.tile(np.arange(d_mlp, dtype=np.int32), n_layers)
-    for name in ("neurons", "neuron_examples", "activations"):
-        writer.write_table(name, _to_arrow(name, tables[name]))
+    _say(progress, "writing tables")
+    for name, cols in tables.items():
+        writer.write_table(declared[name], assemble.to_arrow(cols, declared[name]))
     timings["write_s"] = time.perf_counter() - t
     n_tokens = n_windows * params.stats.seq_len
     manifest = {
@@ -155,19 +167,16 @@ def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Neuron
         "build": {**asdict(params), "device": device, "n_windows": n_windows, "n_tokens": n_tokens},
         "records_per_neuron": params.stats.records,
         "histogram": {**hist_bins.describe(), "sample_fraction": 1 / 2**params.stats.hist_sample_shift},
+        **extra_manifest,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "tokens_per_s": round(n_tokens / max(timings.get("harvest_s", 0.0), 1e-9), 1),
     }
     return writer.commit(manifest)
 
 
-def _sorted_examples(columns: dict) -> dict:
-    """`neuron_examples` columns in the table's sort order (layer, neuron, kind, rank), so that
-    the context-token column is built in that order and the writer need not re-sort it."""
-    kind = np.asarray(columns["kind"])
-    order = np.lexsort((columns["rank"], kind == "top", columns["neuron"], columns["layer"]))  # 'band' < 'top'
-    return {name: (values[order] if isinstance(values, np.ndarray) else [values[i] for i in order])
-            for name, values in columns.items()}
+def _say(enabled: bool, what: str) -> None:
+    if enabled:
+        print(f"mechscope: {what}", file=sys.stderr, flush=True)
 
 
 def _check_device(device: str) -> None:
@@ -191,27 +200,7 @@ class BuildInterrupted(Exception):
         self.next_window = next_window
 
 
-def _to_arrow(name: str, columns: dict):
-    import pyarrow as pa
-
-    from store.schema import table
-
-    schema = table(name).arrow_schema()
-
-    def column(f: pa.Field):
-        values = columns[f.name]
-        if isinstance(values, pa.Array | pa.ChunkedArray):  # already Arrow (context_tokens)
-            return values.cast(f.type)
-        if isinstance(values, np.ndarray) and values.ndim == 2:  # one fixed-length list per row
-            offsets = np.arange(len(values) + 1, dtype=np.int64) * values.shape[1]
-            return pa.LargeListArray.from_arrays(offsets, np.ascontiguousarray(values).reshape(-1)).cast(f.type)
-        # from_pandas: NaN becomes null, which is what a nullable float column means by "no value".
-        return pa.array(values, type=f.type, from_pandas=f.nullable)
-
-    return pa.table({f.name: column(f) for f in schema}, schema=schema)
-
-
-def _save(work_dir: Path, params: BuildParams, harvest: NeuronHarvest, next_window: int,
+def _save(work_dir: Path, params: BuildParams, harvest: Harvest, next_window: int,
           tokens_done: int, elapsed: float) -> None:
     """Write the checkpoint atomically: a kill mid-write leaves the previous one intact."""
     path = Path(work_dir) / CHECKPOINT
@@ -224,7 +213,7 @@ def _save(work_dir: Path, params: BuildParams, harvest: NeuronHarvest, next_wind
     os.replace(tmp, path)
 
 
-def _restore(work_dir: Path, params: BuildParams, harvest: NeuronHarvest) -> tuple[int, int, float]:
+def _restore(work_dir: Path, params: BuildParams, harvest: Harvest) -> tuple[int, int, float]:
     path = Path(work_dir) / CHECKPOINT
     if not path.exists():
         return 0, 0, 0.0  # killed before the first checkpoint: start over inside the same folder

@@ -176,7 +176,25 @@ def _summary(path) -> str:
         f"built      {m.get('created_at', '?')}  harvest {harvest_s:.1f}s, {m.get('tokens_per_s', 0):,.0f} tok/s",
         "tables     " + ", ".join(f"{t} {v['rows']:,}" for t, v in m.get("tables", {}).items()),
     ]
+    lacking = _lacking(store)
+    if lacking:
+        lines.append(f"lacks      {lacking}")
     return "\n".join(lines)
+
+
+def _lacking(store) -> str:
+    """The schema's tables this store does not have (or has in a version this code cannot read),
+    grouped by what fills them, with the way to get them."""
+    from store.schema import FAMILIES, TABLES
+
+    groups: dict[str, list[str]] = {}
+    for t in TABLES:
+        if not store.has(t.name):
+            groups.setdefault(FAMILIES.get(t.family, t.family), []).append(t.name)
+    if not groups:
+        return ""
+    what = "; ".join(f"{family} ({', '.join(names)})" for family, names in groups.items())
+    return f"{what}: rebuild with `mechscope build` to get them"
 
 
 def _info(args) -> int:

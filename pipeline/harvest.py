@@ -1,60 +1,79 @@
-"""The forward pass that feeds the accumulators: one batch of windows at a time.
+"""The forward pass that feeds the statistics: one batch of windows at a time.
 
-Hooks at every layer's `mlp.hook_post` hand the activations (as float32, on the model's device)
-to each accumulator as soon as the layer has run, so at most one layer's activations are alive
-at once. After the last layer the forward is stopped: the final norm and the unembedding are
-not needed for neuron statistics. No maths lives here; see `pipeline/stats/`.
+The harvest builds every statistic of `pipeline.stats.registry.STATISTICS`, registers one hook
+per hook point that any of them asks for, and hands each point's tensor (as float32, contiguous,
+on the model's device) to the statistics that asked, as soon as the model has computed it: at
+most one point's tensor is alive at once. After the last point any statistic needs, the forward
+pass is stopped (neuron statistics alone need nothing after the last MLP: the final norm and the
+unembedding are skipped). No maths lives here; see `pipeline/stats/`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
 
-from pipeline import hooks
-from pipeline.stats import StatsConfig, make_neuron_stats
+from pipeline.hooks import HookPoint
+from pipeline.stats import StatsConfig, registry
 from pipeline.stats.batch import LayerActs, TokenBatch
+from pipeline.stats.contract import StatContext, Statistic
 
 
-class _LastLayerDone(Exception):
-    """Raised from the last layer's hook to skip the rest of the forward pass."""
+class _LastPointDone(Exception):
+    """Raised from the last hook point to skip the rest of the forward pass."""
 
 
-def run_through_last_mlp(model, tokens: torch.Tensor, fwd_hooks: list) -> None:
-    """Run the bridge with `fwd_hooks` and stop right after the last layer's `mlp.hook_post`
-    (its own hooks there run first: hooks fire in the order they were added)."""
+def run_through(model, tokens: torch.Tensor, fwd_hooks: list, last: HookPoint | None) -> None:
+    """Run the bridge with `fwd_hooks` and stop right after hook point `last` (its own hooks
+    there run first: hooks fire in the order they were added); None runs the whole pass."""
 
     def stop(acts: torch.Tensor, hook=None) -> None:
-        raise _LastLayerDone
+        raise _LastPointDone
 
-    last = (hooks.mlp_post(model.n_layers - 1), stop)
+    stops = [] if last is None or last.kind == "unembed" else [(last.name, stop)]
     try:
-        with model.bridge.hooks(fwd_hooks=[*fwd_hooks, last]):
+        with model.bridge.hooks(fwd_hooks=[*fwd_hooks, *stops]):
             model.bridge(tokens, return_type=None)
-    except _LastLayerDone:
+    except _LastPointDone:
         pass
 
 
-class NeuronHarvest:
-    def __init__(self, model, config: StatsConfig, use_native: bool | None = None):
-        """use_native: the fused CPU kernels of `stats.native` (None: wherever available)."""
+class Harvest:
+    def __init__(self, model, config: StatsConfig, use_native: bool | None = None,
+                 statistics: Sequence[Callable[[StatContext], Statistic]] | None = None):
+        """statistics: the factories to run (default: the registry's, read now, so that a test
+        can extend the registry). use_native: the fused CPU kernels (None: wherever available)."""
         self.model, self.config = model, config
-        self.stats = make_neuron_stats(config, model.n_layers, model.d_mlp, model.device, use_native)
+        ctx = StatContext.of(model, config, use_native)
+        factories = registry.STATISTICS if statistics is None else statistics
+        self.stats: list[Statistic] = [make(ctx) for make in factories]
+        names = [s.name for s in self.stats]
+        if len(set(names)) != len(names):
+            raise ValueError(f"statistic names must be unique: {names}")
+        self._readers: dict[HookPoint, list[Statistic]] = {}
+        for stat in self.stats:
+            for p in stat.hook_points():
+                self._readers.setdefault(p, []).append(stat)
+        self.points = sorted(self._readers)
         self._batch: TokenBatch | None = None
 
-    def _hook(self, layer: int):
+    def _hook(self, point: HookPoint):
+        readers = self._readers[point]
+
         def fn(acts: torch.Tensor, hook=None) -> None:
             batch = self._batch
             assert batch is not None
             # statistics accumulate in fp32 at least
-            x = LayerActs(layer, acts.detach().to(torch.float32).contiguous(), batch)
-            for stat in self.stats:
+            x = LayerActs(point.layer, acts.detach().to(torch.float32).contiguous(), batch, point)
+            for stat in readers:
                 stat.update(x)
 
         return fn
 
     def fwd_hooks(self) -> list:
-        return [(hooks.mlp_post(layer), self._hook(layer)) for layer in range(self.model.n_layers)]
+        return [(p.name, self._hook(p)) for p in self.points]
 
     @torch.no_grad()
     def process(self, first_seq: int, token_ids: np.ndarray, is_bos: np.ndarray) -> None:
@@ -62,13 +81,13 @@ class NeuronHarvest:
         device = self.model.device
         tokens = torch.from_numpy(np.ascontiguousarray(token_ids)).to(device=device, dtype=torch.long)
         bos = torch.from_numpy(np.ascontiguousarray(is_bos)).to(device)
-        self._batch = TokenBatch.build(first_seq, bos, self.config.hist_sample_shift)
+        self._batch = TokenBatch.build(first_seq, bos, self.config.hist_sample_shift, token_ids=tokens)
         try:
-            run_through_last_mlp(self.model, tokens, self.fwd_hooks())
+            run_through(self.model, tokens, self.fwd_hooks(), self.points[-1] if self.points else None)
         finally:
             self._batch = None
 
-    def merge(self, other: NeuronHarvest) -> None:
+    def merge(self, other: Harvest) -> None:
         for mine, theirs in zip(self.stats, other.stats, strict=True):
             mine.merge(theirs)
 
@@ -76,28 +95,16 @@ class NeuronHarvest:
         return {stat.name: stat.state_dict() for stat in self.stats}
 
     def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        missing = [stat.name for stat in self.stats if stat.name not in state]
+        if missing:
+            raise KeyError(f"the checkpoint has no state for {', '.join(missing)}")
         for stat in self.stats:
             stat.load_state_dict(state[stat.name])
 
-    def finalize(self) -> dict[str, dict]:
-        """Merge every accumulator's columns, table by table."""
-        tables: dict[str, dict] = {}
-        for stat in self.stats:
-            for table, columns in stat.finalize().items():
-                into = tables.setdefault(table, {})
-                for name, values in columns.items():
-                    if name in into:  # row-wise tables: append
-                        into[name] = _concat(into[name], values)
-                    else:
-                        into[name] = values
-        return tables
+    def tables(self) -> dict[str, object]:
+        """{table name: schema.Table} of every table the statistics fill."""
+        return {t.name: t for stat in self.stats for t in stat.tables}
 
-    @property
-    def top(self):
-        return next(s for s in self.stats if s.name == "top")
-
-
-def _concat(a, b):
-    if isinstance(a, list):
-        return a + list(b)
-    return np.concatenate([a, b])
+    def finalize(self) -> list[dict[str, dict]]:
+        """Every statistic's table parts, in registry order (combined by `pipeline/assemble.py`)."""
+        return [stat.finalize() for stat in self.stats]

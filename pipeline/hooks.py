@@ -21,11 +21,16 @@ Facts worth knowing (checked on TransformerLens 4.3):
 - `blocks.{l}.hook_mlp_in` and `attn.hook_result` exist but refuse hooks unless the bridge's
   `set_use_hook_mlp_in(True)` / `set_use_attn_result(True)` is called; they are not offered here.
 
+`HookPoint`s (at the end) place a name in the forward pass, so that a harvest can stop the pass
+after the last point any statistic asks for.
+
 What is elsewhere: which hooks a statistic needs is declared by the statistic (`pipeline/stats`);
 the weights behind the MLP hooks are in `pipeline/weights.py`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 def embed() -> str:
@@ -133,3 +138,36 @@ def ln_final_out() -> str:
 def unembed() -> str:
     """Logits, `batch pos d_vocab`: equal to the bridge's output."""
     return "hook_unembed"
+
+
+# --- hook points: a name plus where it fires in the forward pass ---------------------------
+
+# Order of the points within one block, as the forward pass reaches them.
+STAGES = ("resid_pre", "attn_pattern", "attn_z", "attn_out", "resid_mid", "mlp_post", "mlp_out", "resid_post")
+# After the last block (layer = n_layers): the final norm, then the logits.
+FINAL_STAGES = ("ln_final_scale", "unembed")
+
+_NAMES = {"resid_pre": resid_pre, "attn_pattern": attn_pattern, "attn_z": attn_z, "attn_out": attn_out,
+          "resid_mid": resid_mid, "mlp_post": mlp_post, "mlp_out": mlp_out, "resid_post": resid_post}
+
+
+@dataclass(frozen=True, order=True)
+class HookPoint:
+    """A hook a statistic asks for. Ordered as the forward pass fires them: (layer, stage index);
+    the final norm and the logits have layer = n_layers. `name` is the bridge's hook name."""
+
+    layer: int
+    stage: int
+    kind: str
+    name: str
+
+
+def point(kind: str, layer: int) -> HookPoint:
+    """The hook point of `kind` (one of STAGES) in block `layer`."""
+    return HookPoint(layer, STAGES.index(kind), kind, _NAMES[kind](layer))
+
+
+def final_point(kind: str, n_layers: int) -> HookPoint:
+    """A point after the last block: 'ln_final_scale' or 'unembed'."""
+    names = {"ln_final_scale": ln_final_scale, "unembed": unembed}
+    return HookPoint(n_layers, FINAL_STAGES.index(kind), kind, names[kind]())

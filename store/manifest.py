@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from store.errors import StoreError
-from store.schema import SCHEMA_VERSION
+from store.schema import LAYOUT_2_TABLE_VERSIONS, OLDEST_SCHEMA_VERSION, SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
@@ -62,8 +62,9 @@ def read_manifest(path: Path) -> dict:
 
 
 def check_schema_version(manifest: dict, path: Path) -> int:
-    """The manifest's schema version; StoreError when missing or not this code's: a newer store
-    needs a newer mechscope, an older one lacks columns the queries read and must be rebuilt."""
+    """The manifest's store layout version; StoreError when missing or not one this code reads:
+    a newer store needs a newer mechscope; one older than OLDEST_SCHEMA_VERSION must be rebuilt.
+    (Tables have versions of their own: see `table_versions`.)"""
     version = manifest.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise StoreError(f"'{path}' has no valid schema_version in its {MANIFEST_NAME}")
@@ -72,13 +73,30 @@ def check_schema_version(manifest: dict, path: Path) -> int:
             f"'{path}' was written with store schema version {version}; this mechscope reads "
             f"versions up to {SCHEMA_VERSION}: upgrade mechscope"
         )
-    if version < SCHEMA_VERSION:
+    if version < OLDEST_SCHEMA_VERSION:
         raise StoreError(
-            f"'{path}' was written with store schema version {version}, older than this mechscope's "
-            f"{SCHEMA_VERSION}: rebuild it (`mechscope build` into a new folder; for the demo store, "
-            "delete it and run `mechscope demo`)"
+            f"'{path}' was written with store schema version {version}; this mechscope reads versions "
+            f"{OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}: rebuild it (`mechscope build` into a new folder; "
+            "for the demo store, delete it and run `mechscope demo`)"
         )
     return version
+
+
+def table_versions(manifest: dict) -> dict[str, int | None]:
+    """{table: the version the store holds it in} for every table the manifest lists (None when
+    an entry has no valid version). Stores of layout 2 record none: they hold the versions
+    `LAYOUT_2_TABLE_VERSIONS` gives."""
+    listed = manifest.get("tables")
+    if not isinstance(listed, dict):
+        return {}
+    legacy = manifest.get("schema_version") == 2
+    out: dict[str, int | None] = {}
+    for name, entry in listed.items():
+        version = entry.get("version") if isinstance(entry, dict) else None
+        if legacy and version is None:
+            version = LAYOUT_2_TABLE_VERSIONS.get(name)
+        out[str(name)] = version if isinstance(version, int) and not isinstance(version, bool) else None
+    return out
 
 
 def now_utc() -> str:

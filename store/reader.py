@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from store import schema
 from store.errors import StoreError, one_line
-from store.manifest import check_schema_version, read_manifest, table_file_name
+from store.manifest import check_schema_version, read_manifest, table_file_name, table_versions
 
 
 def sql_string(text: str) -> str:
@@ -25,8 +25,10 @@ def sql_string(text: str) -> str:
 
 
 def view_sql(name: str, file: Path) -> str:
-    """The CREATE VIEW for table `name`; `name` comes from the schema, never from a user."""
-    schema.table(name)  # KeyError for anything that is not a schema table
+    """The CREATE VIEW for table `name`; `name` comes from the schema or a store's manifest (a
+    table a statistic declared), never from a user, and is a plain identifier either way."""
+    if not schema.is_identifier(name):
+        raise KeyError(f"{name!r} is not a table name")
     return f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet({sql_string(str(file))})'
 
 
@@ -50,6 +52,7 @@ class Store:
     def __init__(self, path: Path, manifest: dict):
         self.path = path
         self.manifest = manifest
+        self._unusable: dict[str, str] = {}  # table -> why this code cannot read it
         self._files = self._find_files()
         self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(":memory:")
         # Store files never change after commit, so Parquet footers can be cached across queries.
@@ -62,28 +65,53 @@ class Store:
             raise StoreError(f"'{path}': cannot open its tables ({one_line(e)}); run `mechscope verify`") from None
 
     def _find_files(self) -> dict[str, Path]:
+        """The Parquet file of every table this code can read: listed in the manifest, in the
+        version of the table this code reads (tables a statistic declared for itself, not in the
+        schema, are read as they are). Others are recorded in `_unusable` with the reason."""
         listed = self.manifest.get("tables")
         if not isinstance(listed, dict):
             raise StoreError(f"'{self.path}' has no table list in its manifest.json")
+        versions = table_versions(self.manifest)
+        known = [t.name for t in schema.TABLES if t.name in listed]
         files = {}
-        for t in schema.TABLES:  # schema order; tables the manifest does not list are absent
-            entry = listed.get(t.name)
-            if entry is None:
+        for name in known + sorted(n for n in listed if n not in schema.TABLES_BY_NAME):
+            entry = listed[name]
+            if not schema.is_identifier(str(name)):
+                raise StoreError(f"'{self.path}': manifest lists a table named {name!r}, not a plain identifier")
+            file_name = entry.get("file", table_file_name(name)) if isinstance(entry, dict) else None
+            if not isinstance(file_name, str) or Path(file_name).name != file_name:
+                raise StoreError(f"'{self.path}': manifest entry for table {name!r} is malformed")
+            spec = schema.TABLES_BY_NAME.get(name)
+            if spec is not None and versions.get(name) != spec.version:
+                self._unusable[name] = _version_notice(name, versions.get(name), spec)
                 continue
-            name = entry.get("file", table_file_name(t.name)) if isinstance(entry, dict) else None
-            if not isinstance(name, str) or Path(name).name != name:
-                raise StoreError(f"'{self.path}': manifest entry for table {t.name!r} is malformed")
-            file = (self.path / name).resolve()
+            file = (self.path / file_name).resolve()
             if not file.is_file():
-                raise StoreError(f"'{self.path}': table file '{name}' is missing; run `mechscope verify`")
-            files[t.name] = file
+                raise StoreError(f"'{self.path}': table file '{file_name}' is missing; run `mechscope verify`")
+            files[name] = file
         return files
+
+    def has(self, table: str) -> bool:
+        return table in self._files
+
+    def missing(self, table: str) -> str | None:
+        """None when this store has `table` in a version this code reads; else one sentence
+        saying so and how to get it (for pages and commands that need the table)."""
+        if table in self._files:
+            return None
+        if table in self._unusable:
+            return self._unusable[table]
+        spec = schema.TABLES_BY_NAME.get(table)
+        what = schema.FAMILIES.get(spec.family, spec.family) if spec else "such table"
+        return (f"This store has no {what} (table {table}): its build did not write them. Rebuild it "
+                "with `mechscope build` (this mechscope writes them).")
 
     def table_files(self) -> dict[str, Path]:
         """{table name: absolute path of its Parquet file}, in schema order."""
         return dict(self._files)
 
     def tables(self) -> list[str]:
+        """The tables this store has and this code reads, schema order first."""
         return list(self._files)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -116,6 +144,15 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, tables={self.tables()})"
+
+
+def _version_notice(name: str, version: int | None, spec: schema.Table) -> str:
+    what = schema.FAMILIES.get(spec.family, spec.family)
+    if isinstance(version, int) and version > spec.version:
+        return (f"This store holds table {name} in version {version}, newer than this mechscope reads "
+                f"({spec.version}): upgrade mechscope to see its {what}.")
+    return (f"This store holds table {name} in version {version}, older than this mechscope reads "
+            f"({spec.version}): rebuild it with `mechscope build` to see its {what}.")
 
 
 def open_store(path: str | Path) -> Store:

@@ -9,18 +9,27 @@ Conventions: snake_case, integer keys named `layer`, `neuron`, `seq_id`, `pos`, 
 exception: `neuron_examples.context_tokens` repeats each example's window of tokens as text, so
 that a neuron page never has to look its windows up in the (corpus-sized) `tokens` table.
 
-Version history (`SCHEMA_VERSION`, written to every manifest; `store.manifest` refuses others):
+Versions. `SCHEMA_VERSION` is the layout of the store folder and its manifest; each table also
+has its own `version`, recorded per table in the manifest, so that a new table or a changed one
+does not make every older store unreadable: a store holds the tables its build produced, and
+pages for a table it lacks (or holds in an older version) say how to get it.
+Store layout (`SCHEMA_VERSION`):
 1. the first store layout;
-2. `neuron_examples.context_tokens`.
+2. `neuron_examples.context_tokens` (every table required);
+3. tables optional, a version per table in the manifest (stores of layout 2 still open: their
+   tables are read at the versions `LAYOUT_2_TABLE_VERSIONS` gives).
+Table versions: `neuron_examples` 2 (context_tokens); the others 1.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+OLDEST_SCHEMA_VERSION = 2  # the oldest store layout this code still reads
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ class Table:
     description: str
     columns: tuple[Column, ...]
     sort_key: tuple[str, ...]
+    version: int = 1
+    family: str = "corpus"  # what fills it (see FAMILIES): a page for a missing table names how to get it
 
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns])
@@ -142,6 +153,7 @@ NEURONS = Table(
         ),
     ),
     ("layer", "neuron"),
+    family="neurons",
 )
 
 NEURON_EXAMPLES = Table(
@@ -177,6 +189,8 @@ NEURON_EXAMPLES = Table(
         ),
     ),
     ("layer", "neuron", "kind", "rank"),
+    version=2,
+    family="neurons",
 )
 
 ACTIVATIONS = Table(
@@ -191,11 +205,159 @@ ACTIVATIONS = Table(
         _c("activation", pa.float32(), "The neuron's activation at (seq_id, pos)."),
     ),
     ("layer", "neuron", "seq_id", "pos"),
+    family="neurons",
 )
 
-TABLES: tuple[Table, ...] = (DOCUMENTS, TOKENS, NEURONS, NEURON_EXAMPLES, ACTIVATIONS)
+_HEAD = _c("head", pa.int16(), "Attention head index within the layer (query heads), 0-based.")
+_OFFSETS = 16  # attention-by-offset columns cover offsets 0 .. _OFFSETS - 1
+
+HEADS = Table(
+    "heads",
+    "One row per attention head: attention-pattern statistics over the corpus (read at "
+    "blocks.{layer}.attn.hook_pattern; BOS query rows excluded), the same scores on repeated random "
+    "tokens, and weight-only analyses of its OV and QK circuits. Every *_score of the pattern is a "
+    "mean attention mass (the sum of the pattern over the positions it names, averaged over query "
+    "rows): 1.0 means all attention goes there.",
+    (
+        _LAYER,
+        _HEAD,
+        _c("count", pa.int64(), "Query positions the corpus scores cover (BOS excluded)."),
+        _c("repeat_count", pa.int64(),
+           "Query positions whose token occurs earlier in the same window (duplicate and induction "
+           "scores cover these only)."),
+        _c("prev_token_score", pa.float32(), "Mean attention to the position just before the query."),
+        _c("self_score", pa.float32(), "Mean attention to the query's own position."),
+        _c("bos_score", pa.float32(),
+           "Mean attention to BOS positions (position 0 and the document separators): the attention sink."),
+        _c("duplicate_score", pa.float32(),
+           "Mean attention to earlier positions holding the query's own token (rows with such a position).",
+           nullable=True),
+        _c("induction_score", pa.float32(),
+           "Mean attention to positions right after an earlier occurrence of the query's token "
+           "(rows with such a position): the induction pattern [A][B] ... [A] -> [B].",
+           nullable=True),
+        _c("entropy_nats", pa.float32(), "Mean entropy of the query's attention distribution, in nats."),
+        _c("attn_distance_tokens", pa.float32(),
+           "Mean distance from the query to where it attends, sum over keys of pattern * (query - key)."),
+        _c("attn_by_offset", pa.list_(pa.float32()),
+           f"Mean attention at offsets 0 .. {_OFFSETS - 1} (key = query - offset) over the corpus: "
+           "the head's positional preference as measured (rotary models show it only here)."),
+        _c("rand_prev_token_score", pa.float32(),
+           "Previous-token score on repeated random tokens (BOS + R random tokens + the same R again), "
+           "on the second copy; mean attention mass."),
+        _c("rand_duplicate_score", pa.float32(),
+           "On repeated random tokens, second copy: mean attention to the same token in the first copy."),
+        _c("rand_induction_score", pa.float32(),
+           "On repeated random tokens, second copy: mean attention to the token after the same token in "
+           "the first copy (the standard induction metric, as a mass; TransformerLens's detect_head 'mul' "
+           "default reports about half of this for a perfect head)."),
+        _c("ov_copying_score", pa.float32(),
+           "OV circuit eigenvalue copying score sum(eig)/sum(|eig|) of W_E W_V W_O W_U in token space "
+           "(norms folded into copies of the weights): +1 copies the attended token, -1 suppresses it."),
+        _c("ov_copy_token_ids", pa.list_(pa.int32()),
+           "Tokens the OV circuit raises most when the head attends to that same token (largest diagonal "
+           "entries of the token-space OV circuit)."),
+        _c("ov_copy_tokens", pa.list_(pa.string()), "Those tokens as text."),
+        _c("ov_suppress_token_ids", pa.list_(pa.int32()),
+           "Tokens the OV circuit lowers most when the head attends to that same token (smallest diagonal)."),
+        _c("ov_suppress_tokens", pa.list_(pa.string()), "Those tokens as text."),
+        _c("qk_pos_by_offset", pa.list_(pa.float32()),
+           f"From the weights (learned position embeddings only): attention at offsets 0 .. {_OFFSETS - 1} "
+           "that the positional part of the QK circuit alone would give, averaged over query positions. "
+           "Null for rotary models, whose weights fix no positional preference without the tokens.",
+           nullable=True),
+    ),
+    ("layer", "head"),
+    family="heads",
+)
+
+HEAD_EXAMPLES = Table(
+    "head_examples",
+    "Evidence per head: the query positions where its strongest attention to a non-BOS position "
+    "is largest over the corpus (rank 0 first; ties broken by earlier position), each with its "
+    "attention row and a square block of the pattern around it.",
+    (
+        _LAYER,
+        _HEAD,
+        _c("rank", pa.int16(), "Rank among the head's top examples, 0 is the strongest."),
+        _SEQ,
+        _c("pos", pa.int16(), "The destination (query) position within the window."),
+        _c("src_pos", pa.int16(), "The source (key) position it attends to most (BOS excluded)."),
+        _c("attention", pa.float32(), "The attention weight from pos to src_pos."),
+        _c("pattern", pa.list_(pa.float32()),
+           "The destination's attention over the window's positions 0 .. seq_len-1 (0 after pos)."),
+        _c("block_start", pa.int16(), "First position of `block`."),
+        _c("block", pa.list_(pa.float32()),
+           "The pattern of queries block_start .. block_start+w-1 over the same keys, row-major "
+           "(w*w values, w = sqrt of the length): a token x token view around the example."),
+        _c("context_tokens", pa.list_(pa.string()),
+           "The window's tokens at positions 0 .. seq_len-1, as text (equal to `tokens.token`)."),
+    ),
+    ("layer", "head", "rank"),
+    family="heads",
+)
+
+HEAD_COMPOSITION = Table(
+    "head_composition",
+    "Composition scores between every pair of heads in different layers (Elhage et al. 2021): how "
+    "much of what the source head writes (its OV circuit) is read by the destination head's query "
+    "(kind 'q'), key ('k') or value ('v') input, ||W_OV(src) W_X(dst)||_F / (||W_OV(src)||_F "
+    "||W_X(dst)||_F), norms folded into copies of the weights.",
+    (
+        _c("src_layer", pa.int16(), "Layer of the head that writes."),
+        _c("src_head", pa.int16(), "That head's index."),
+        _c("dst_layer", pa.int16(), "Layer of the head that reads (later than src_layer)."),
+        _c("dst_head", pa.int16(), "That head's index."),
+        _c("kind", pa.string(), "'q', 'k' or 'v': which input of the destination head reads it."),
+        _c("score", pa.float32(), "The composition score, in [0, 1]."),
+        _c("baseline", pa.float32(),
+           "The mean score of random matrices of the same shapes (manifest: head_composition.baseline): "
+           "scores near it mean no composition."),
+    ),
+    ("src_layer", "src_head", "dst_layer", "dst_head", "kind"),
+    family="heads",
+)
+
+NEURON_CIRCUITS = Table(
+    "neuron_circuits",
+    "Weight-based connections of each MLP neuron (virtual weights through the residual stream, "
+    "norm weights folded into copies): the tokens whose embeddings excite it most, and its strongest "
+    "upstream and downstream neurons and heads.",
+    (
+        _LAYER,
+        _NEURON,
+        _c("relation", pa.string(),
+           "'input_token', 'upstream_neuron', 'upstream_head', 'downstream_neuron' or 'downstream_head'."),
+        _c("rank", pa.int16(), "Rank within the relation, 0 is the strongest."),
+        _c("other_layer", pa.int16(), "Layer of the other neuron or head (null for tokens).", nullable=True),
+        _c("other_index", pa.int32(), "The other neuron's or head's index, or the token id."),
+        _c("other_token", pa.string(), "The token as text (input_token rows; null otherwise).", nullable=True),
+        _c("weight", pa.float32(), "The connection's weight (see the README for each relation's definition)."),
+    ),
+    ("layer", "neuron", "relation", "rank"),
+    family="circuits",
+)
+
+TABLES: tuple[Table, ...] = (DOCUMENTS, TOKENS, NEURONS, NEURON_EXAMPLES, ACTIVATIONS, HEADS, HEAD_EXAMPLES,
+                             HEAD_COMPOSITION, NEURON_CIRCUITS)
+
+# What fills each family of tables, for the notice a page shows when a store lacks one.
+FAMILIES = {
+    "corpus": "corpus tables",
+    "neurons": "neuron statistics",
+    "heads": "head statistics",
+    "circuits": "neuron circuits",
+}
+
+# Stores of layout 2 record no table versions: these are the versions they hold.
+LAYOUT_2_TABLE_VERSIONS = {"documents": 1, "tokens": 1, "neurons": 1, "neuron_examples": 2, "activations": 1}
 TABLES_BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 
 
 def table(name: str) -> Table:
     return TABLES_BY_NAME[name]
+
+
+def is_identifier(name: str) -> bool:
+    """A table name that can be spliced into SQL as it is (also for tables a statistic declares)."""
+    return bool(re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name))

@@ -1,8 +1,9 @@
 """`verify_store(path)`: everything that can be checked about a store without recomputing it.
 
-Checks that the manifest parses and has this code's schema version, that every schema table is
-listed and present with the recorded size, sha256 and row count, that each file's Arrow schema
-is the schema module's, and that rows are in sort-key order. Returns the problems found (an
+Checks that the manifest parses and has a store layout this code reads, that every table it
+lists is present with the recorded size, sha256 and row count, that each file's Arrow schema is
+the schema module's (for tables in the version this code reads), and that rows are in sort-key
+order. A table the store does not hold is not a problem: tables are optional per store. Returns the problems found (an
 empty list means OK); raises StoreError only when the path is not a store at all (missing, a
 file, an unfinished `.partial` build). How the files are written is `store/writer.py`.
 """
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 
 from store import schema
 from store.errors import StoreError, one_line
-from store.manifest import MANIFEST_NAME, read_manifest, refuse_partial, sha256_file, table_file_name
+from store.manifest import MANIFEST_NAME, read_manifest, refuse_partial, sha256_file, table_file_name, table_versions
 
 SORT_CHECK_BATCH = 1 << 20
 
@@ -33,45 +34,66 @@ def verify_store(path: str | Path) -> list[str]:
         return [str(e)]
     problems = []
     version = manifest.get("schema_version")
-    if version != schema.SCHEMA_VERSION:
-        hint = "; rebuild the store" if isinstance(version, int) and version < schema.SCHEMA_VERSION else ""
-        problems.append(f"{MANIFEST_NAME}: schema_version is {version!r}, this code's is {schema.SCHEMA_VERSION}{hint}")
+    if not (isinstance(version, int) and schema.OLDEST_SCHEMA_VERSION <= version <= schema.SCHEMA_VERSION):
+        hint = "; rebuild the store" if isinstance(version, int) and version < schema.OLDEST_SCHEMA_VERSION else ""
+        problems.append(f"{MANIFEST_NAME}: schema_version is {version!r}, this code reads "
+                        f"{schema.OLDEST_SCHEMA_VERSION} to {schema.SCHEMA_VERSION}{hint}")
     listed = manifest.get("tables")
     if not isinstance(listed, dict):
         return [*problems, f"{MANIFEST_NAME}: no 'tables' object"]
-    for name in sorted(set(listed) - set(schema.TABLES_BY_NAME)):
-        problems.append(f"{MANIFEST_NAME}: lists {name!r}, which is not a table of the schema")
-    for t in schema.TABLES:
-        entry = listed.get(t.name)
+    if not listed:
+        problems.append(f"{MANIFEST_NAME}: lists no tables")
+    versions = table_versions(manifest)
+    for name, entry in listed.items():
         if not isinstance(entry, dict):
-            problems.append(f"{t.name}: not listed in {MANIFEST_NAME}")
+            problems.append(f"{name}: its {MANIFEST_NAME} entry is not an object")
             continue
+        spec = schema.TABLES_BY_NAME.get(name)
+        if spec is None:
+            spec = _declared(name, entry, problems)
+            if spec is None:
+                continue
+        elif versions.get(name) != spec.version:
+            spec = None  # another version of a known table: its columns are not this code's to check
         try:
-            _check_table(p, t, entry, problems)
+            _check_table(p, name, spec, entry, problems)
         except Exception as e:  # a damaged file must become a reported problem, not a crash
-            problems.append(f"{t.name}: cannot be read ({type(e).__name__}: {one_line(e)})")
+            problems.append(f"{name}: cannot be read ({type(e).__name__}: {one_line(e)})")
     return problems
 
 
-def _check_table(store: Path, t: schema.Table, entry: dict, problems: list[str]) -> None:
-    """Append the table's problems to `problems` as they are found (a later read error keeps them)."""
-    name = entry.get("file", table_file_name(t.name))
+def _declared(name: str, entry: dict, problems: list[str]) -> schema.Table | None:
+    """A table a statistic declared for itself (not in the schema): its manifest entry names its
+    sort key. The file's own Arrow schema stands for its columns."""
+    key = entry.get("sort_key")
+    if not schema.is_identifier(str(name)) or not isinstance(key, list) or not all(isinstance(k, str) for k in key):
+        problems.append(f"{MANIFEST_NAME}: lists {name!r}, which is not a table of the schema")
+        return None
+    return schema.Table(name, str(entry.get("description", "")), (), tuple(key), family="extension")
+
+
+def _check_table(store: Path, table: str, t: schema.Table | None, entry: dict, problems: list[str]) -> None:
+    """Append the table's problems to `problems` as they are found (a later read error keeps them).
+    `t`: what to check its columns and order against (None: checksums and rows only)."""
+    name = entry.get("file", table_file_name(table))
     if not isinstance(name, str) or Path(name).name != name:
-        problems.append(f"{t.name}: manifest file name {name!r} is not a plain file name")
+        problems.append(f"{table}: manifest file name {name!r} is not a plain file name")
         return
     file = store / name
     if not file.is_file():
-        problems.append(f"{t.name}: file '{name}' is missing")
+        problems.append(f"{table}: file '{name}' is missing")
         return
     size = file.stat().st_size
     if entry.get("bytes") != size:
-        problems.append(f"{t.name}: '{name}' has {size} bytes, the manifest says {entry.get('bytes')}")
+        problems.append(f"{table}: '{name}' has {size} bytes, the manifest says {entry.get('bytes')}")
     if entry.get("sha256") != sha256_file(file):
-        problems.append(f"{t.name}: '{name}' sha256 differs from the manifest (the file was changed)")
+        problems.append(f"{table}: '{name}' sha256 differs from the manifest (the file was changed)")
     meta = pq.ParquetFile(file).metadata
     if entry.get("rows") != meta.num_rows:
-        problems.append(f"{t.name}: '{name}' has {meta.num_rows} rows, the manifest says {entry.get('rows')}")
-    wrong_schema = schema_problems(pq.read_schema(file), t.arrow_schema())
+        problems.append(f"{table}: '{name}' has {meta.num_rows} rows, the manifest says {entry.get('rows')}")
+    if t is None:
+        return
+    wrong_schema = schema_problems(pq.read_schema(file), t.arrow_schema()) if t.columns else []
     problems.extend(f"{t.name}: {p}" for p in wrong_schema)
     if not wrong_schema:  # sorting a file whose columns are wrong says nothing more
         bad = first_unsorted_row(file, t.sort_key)

@@ -45,9 +45,10 @@ PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True}
 CHECKPOINT_DIR = "checkpoint"
 
 
-def conform(name: str, data: pa.Table | pa.RecordBatch) -> pa.Table:
+def conform(name: str | schema.Table, data: pa.Table | pa.RecordBatch) -> pa.Table:
     """`data` with exactly the columns of table `name`, in schema order and types (safe casts only)."""
     spec = _spec(name)
+    name = spec.name
     target = spec.arrow_schema()
     table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
     have, want = set(table.column_names), set(target.names)
@@ -68,7 +69,13 @@ def conform(name: str, data: pa.Table | pa.RecordBatch) -> pa.Table:
         raise StoreError(f"table {name!r} cannot be cast to the schema: {str(e).splitlines()[0]}") from None
 
 
-def _spec(name: str) -> schema.Table:
+def _spec(name: str | schema.Table) -> schema.Table:
+    """A table of the schema by name; a `Table` given as such is taken as declared (a statistic
+    may declare a table of its own: it is written and listed like the others)."""
+    if isinstance(name, schema.Table):
+        if not schema.is_identifier(name.name):
+            raise StoreError(f"table name {name.name!r} is not a plain lower-case identifier")
+        return name
     try:
         return schema.table(name)
     except KeyError:
@@ -76,7 +83,9 @@ def _spec(name: str) -> schema.Table:
 
 
 class StoreWriter:
-    """Writes one store: `write_table` / `table_writer` for every schema table, then `commit`.
+    """Writes one store: `write_table` / `table_writer` for each table it holds, then `commit`.
+    A store holds the tables its build wrote (at least one); the manifest lists each with its
+    version.
 
     `out_dir` must not exist or be an empty folder; files go to `<out_dir>.partial` until commit.
     With `resume=True` an existing `.partial` folder is reused (its checkpoint kept); tables
@@ -85,7 +94,7 @@ class StoreWriter:
     def __init__(self, out_dir: str | Path, *, resume: bool = False):
         self.out_dir = Path(out_dir).expanduser().absolute()
         self._work = partial_dir(self.out_dir)
-        self._written: set[str] = set()
+        self._written: dict[str, schema.Table] = {}
         self._open_streams: set[str] = set()
         self._committed = False
         self._check_out_dir()
@@ -130,11 +139,12 @@ class StoreWriter:
         if self._committed:
             raise StoreError(f"the store at '{self.out_dir}' is already committed; nothing more can be written")
 
-    def write_table(self, name: str, table: pa.Table) -> None:
+    def write_table(self, name: str | schema.Table, table: pa.Table) -> None:
         """Write a whole table: conformed to the schema, sorted by its sort key, atomically."""
         self._check_open()
         spec = _spec(name)
-        data = conform(name, table)
+        name = spec.name
+        data = conform(spec, table)
         if data.num_rows > 1:
             order = pc.sort_indices(data, sort_keys=[(k, "ascending") for k in spec.sort_key])
             # Rows that arrive sorted are written as they are: no copy, and their chunks stay
@@ -151,32 +161,35 @@ class StoreWriter:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write table {name!r} into '{self._work}': {one_line(e)}") from None
         os.replace(tmp, final)
-        self._written.add(name)
+        self._written[name] = spec
 
-    def table_writer(self, name: str) -> TableStream:
+    def table_writer(self, name: str | schema.Table) -> TableStream:
         """Stream a large table produced in sort-key order (not re-sorted; verify checks the order)."""
         self._check_open()
-        _spec(name)
-        return TableStream(self, name)
+        return TableStream(self, _spec(name))
 
     def commit(self, manifest: dict) -> Path:
         """Checksum the tables, write manifest.json last, drop the checkpoint, publish by rename."""
         self._check_open()
         if self._open_streams:
             raise StoreError(f"cannot commit: table streams still open: {', '.join(sorted(self._open_streams))}")
-        missing = [t.name for t in schema.TABLES if t.name not in self._written]
-        if missing:
-            raise StoreError(f"cannot commit: tables not written: {', '.join(missing)}")
+        if not self._written:
+            raise StoreError("cannot commit: no table was written")
+        known = [t.name for t in schema.TABLES if t.name in self._written]
         tables = {}
-        for t in schema.TABLES:
-            file = self._work / table_file_name(t.name)
+        for name in known + sorted(set(self._written) - set(known)):  # schema order, then others
+            t = self._written[name]
+            file = self._work / table_file_name(name)
             fsync_path(file)
-            tables[t.name] = {
+            tables[name] = {
                 "file": file.name,
+                "version": t.version,
                 "rows": pq.ParquetFile(file).metadata.num_rows,
                 "sha256": sha256_file(file),
                 "bytes": file.stat().st_size,
             }
+            if name not in schema.TABLES_BY_NAME:  # a table a statistic declared for itself
+                tables[name].update(description=t.description, sort_key=list(t.sort_key))
         full = {"schema_version": schema.SCHEMA_VERSION, "created_at": now_utc()}
         full.update({k: v for k, v in manifest.items() if k not in ("schema_version", "tables")})
         full["tables"] = tables
@@ -216,8 +229,9 @@ class TableStream:
     """`with writer.table_writer(name) as out: out.write(batch)`: appends in row groups of
     `row_group_rows(name)` into a temp file; the table counts as written only if the block exits cleanly."""
 
-    def __init__(self, writer: StoreWriter, name: str):
-        self._writer, self.name = writer, name
+    def __init__(self, writer: StoreWriter, spec: schema.Table):
+        self._writer, self.spec, self.name = writer, spec, spec.name
+        name = spec.name
         self._final = writer.work_dir / table_file_name(name)
         self._tmp = self._final.with_name(f".{self._final.name}.tmp")
         self._pq: pq.ParquetWriter | None = None
@@ -227,7 +241,7 @@ class TableStream:
         self.rows = 0
 
     def __enter__(self) -> TableStream:
-        schema_ = _spec(self.name).arrow_schema()
+        schema_ = self.spec.arrow_schema()
         self._pq = pq.ParquetWriter(self._tmp, schema_, **PARQUET_OPTIONS)
         self._writer._open_streams.add(self.name)
         return self
@@ -235,7 +249,7 @@ class TableStream:
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
         if self._pq is None:
             raise StoreError(f"table stream {self.name!r} is not open (use it in a with block)")
-        table = conform(self.name, data)
+        table = conform(self.spec, data)
         self._pending.append(table)
         self._pending_rows += table.num_rows
         self.rows += table.num_rows
@@ -267,4 +281,4 @@ class TableStream:
             return
         fsync_path(self._tmp)
         os.replace(self._tmp, self._final)
-        self._writer._written.add(self.name)
+        self._writer._written[self.name] = self.spec

@@ -15,7 +15,7 @@ import torch
 from test_store import context_token_check
 
 from pipeline import hooks
-from pipeline.build import BuildInterrupted, BuildParams, NeuronHarvest, build, harvest_windows, write_store
+from pipeline.build import BuildInterrupted, BuildParams, Harvest, build, harvest_windows, write_store
 from pipeline.corpus import iter_documents
 from pipeline.example_windows import ExampleWindows
 from pipeline.models import load_model
@@ -144,7 +144,7 @@ def test_two_halves_merged_equal_one_pass(built, tmp_path):
     model = load_model(name)
     n_windows = p.max_tokens // p.stats.seq_len
     half = n_windows // 2 // p.batch_size * p.batch_size + p.batch_size  # split at a batch boundary (see brute_force)
-    first, second = NeuronHarvest(model, p.stats), NeuronHarvest(model, p.stats)
+    first, second = Harvest(model, p.stats), Harvest(model, p.stats)
     for _ in harvest_windows(first, p, 0, half):
         pass
     for _ in harvest_windows(second, p, half, None):
@@ -161,7 +161,7 @@ def test_torch_accumulators_equal_the_native_kernels(built, tmp_path):
     if native.library() is None:
         pytest.skip("no C compiler: the built store already came from the torch accumulators")
     model = load_model(name)
-    harvest = NeuronHarvest(model, p.stats, use_native=False)
+    harvest = Harvest(model, p.stats, use_native=False)
     for _ in harvest_windows(harvest, p):
         pass
     n_windows = p.max_tokens // p.stats.seq_len

@@ -324,12 +324,12 @@ def test_read_commands_on_non_stores(tmp_path, command, ref_store):
 def test_older_schema_says_rebuild(tmp_path, ref_store):
     """A store written by an older mechscope: every command says to rebuild it, in one line,
     and `demo` leaves it as it is rather than building over it."""
-    from store.schema import SCHEMA_VERSION
+    from store.schema import OLDEST_SCHEMA_VERSION
 
     old = tmp_path / "old"
     shutil.copytree(ref_store, old)
     manifest = json.loads((old / "manifest.json").read_text())
-    (old / "manifest.json").write_text(json.dumps({**manifest, "schema_version": SCHEMA_VERSION - 1}))
+    (old / "manifest.json").write_text(json.dumps({**manifest, "schema_version": OLDEST_SCHEMA_VERSION - 1}))
     before = snapshot(old)
     for args in (("info", old), ("query", old, "SELECT 1"), ("serve", old), ("demo", "--dir", old, "--no-serve")):
         one_error_line(mechscope(*args), "schema version", "rebuild")

@@ -237,13 +237,17 @@ def test_failed_stream_is_not_written(tmp_path):
         s.write(synthetic_table(schema.table("tokens"), shuffle=False))
         raise RuntimeError("harvest failed")
     assert not any(w.work_dir.iterdir())
-    for t in schema.TABLES:
-        if t.name != "tokens":
-            w.write_table(t.name, synthetic_table(t))
-    with pytest.raises(StoreError, match="tables not written: tokens") as e:
+    with pytest.raises(StoreError, match="no table was written") as e:
         w.commit({})
     one_line_error(e)
     assert not (tmp_path / "s").exists()
+    for t in schema.TABLES:
+        if t.name != "tokens":
+            w.write_table(t.name, synthetic_table(t))
+    store = open_store(w.commit({}))  # tables are optional: the store simply has no tokens
+    assert not store.has("tokens") and "tokens" not in store.manifest["tables"]
+    assert "no corpus tables (table tokens)" in store.missing("tokens")
+    assert verify_store(store.path) == []
 
 
 def test_manifest_takes_numpy_values_and_keeps_writer_keys(tmp_path):
@@ -346,7 +350,7 @@ def test_open_store_refuses_what_is_not_a_store(tmp_path, store_dir, path_kind):
         path.mkdir()
     elif path_kind in ("newer", "older"):
         m = json.loads((store_dir / MANIFEST_NAME).read_text())
-        m["schema_version"] = schema.SCHEMA_VERSION + (1 if path_kind == "newer" else -1)
+        m["schema_version"] = schema.SCHEMA_VERSION + 1 if path_kind == "newer" else schema.OLDEST_SCHEMA_VERSION - 1
         (store_dir / MANIFEST_NAME).write_text(json.dumps(m))
         path = store_dir
     elif path_kind == "partial":

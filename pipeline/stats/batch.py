@@ -1,7 +1,7 @@
-"""What every accumulator sees of one batch: the token layout (once per batch) and one layer's
-activations.
+"""What every statistic sees of one batch: the token layout and token ids (once per batch) and
+one hook point's tensor at a time.
 
-Activations arrive per layer as `LayerActs`: `acts [batch pos d_mlp]` (float32, on the model's
+Neuron activations arrive per layer as `LayerActs`: `acts [batch pos d_mlp]` (float32, on the model's
 device) and, computed on first use, `flat [valid d_mlp]`, the same rows with BOS positions
 removed. BOS positions (position 0 and the separators between packed documents) are excluded
 from every neuron statistic, as Neuronpedia excludes position 0: the model's activations on BOS
@@ -15,6 +15,7 @@ from functools import cached_property
 
 import torch
 
+from pipeline.hooks import HookPoint
 from pipeline.stats.keys import encode_sample, position_hash
 
 
@@ -29,9 +30,11 @@ class TokenBatch:
     positions: torch.Tensor  # [valid] int64: global positions seq_id * seq_len + pos, ascending
     sample_rows: torch.Tensor  # [sampled] int64: indices into the valid rows used by histograms
     sample_keys: torch.Tensor  # [sampled] int64: min-hash keys of those rows' positions
+    token_ids: torch.Tensor | None = None  # [batch pos] int64 on the model's device
 
     @staticmethod
-    def build(first_seq: int, is_bos: torch.Tensor, sample_shift: int = 0) -> TokenBatch:
+    def build(first_seq: int, is_bos: torch.Tensor, sample_shift: int = 0,
+              token_ids: torch.Tensor | None = None) -> TokenBatch:
         """`is_bos [batch pos]` bool; histograms see positions whose hash has its low
         `sample_shift` bits zero (1 / 2^sample_shift of them), chosen by position so that the
         sample does not depend on batching."""
@@ -53,6 +56,7 @@ class TokenBatch:
             positions=positions,
             sample_rows=sample_rows,
             sample_keys=encode_sample(positions[sample_rows]),
+            token_ids=token_ids,
         )
 
     @property
@@ -67,11 +71,14 @@ class TokenBatch:
 
 @dataclass
 class LayerActs:
-    """One layer's activations on one batch, as the accumulators receive them."""
+    """One hook point's tensor on one batch, as the statistics receive it: float32, contiguous,
+    on the model's device. For `mlp_post` it is `[batch pos d_mlp]`; for `attn_pattern`
+    `[batch head query_pos key_pos]` (see `pipeline/hooks.py` for the others)."""
 
     layer: int
-    acts: torch.Tensor  # [batch pos d_mlp] float32, contiguous
+    acts: torch.Tensor
     batch: TokenBatch
+    point: HookPoint | None = None
 
     @cached_property
     def flat(self) -> torch.Tensor:

@@ -15,15 +15,27 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline import hooks
 from pipeline.stats import native
 from pipeline.stats.batch import LayerActs
 from pipeline.stats.bins import KERNEL_CONSTANTS, N_BINS, ZERO_BIN, bin_index
 from pipeline.stats.context import ContextWindow
+from pipeline.stats.contract import StatContext
+from pipeline.stats.deferred import TokenWindows
 from pipeline.stats.keys import KEY_FULL, decode_sample
+from store import schema
 
 
 class Histogram:
     name = "histogram"
+    tables = (schema.NEURONS, schema.NEURON_EXAMPLES)
+
+    @classmethod
+    def create(cls, ctx: StatContext) -> Histogram:
+        return cls(ctx.n_layers, ctx.d_mlp, ctx.seq_len, ctx.config.window, ctx.device, ctx.use_native)
+
+    def hook_points(self) -> tuple[hooks.HookPoint, ...]:
+        return tuple(hooks.point("mlp_post", layer) for layer in range(self.counts.shape[0]))
 
     def __init__(self, n_layers: int, d_mlp: int, seq_len: int, window: ContextWindow,
                  device: str | torch.device = "cpu", use_native: bool | None = None):
@@ -103,6 +115,9 @@ class Histogram:
         positions = decode_sample(keys[layer, neuron, band])
         pos = positions % self.seq_len
         slot = neuron * N_BINS + band
+        seq_id = (positions // self.seq_len).cpu().numpy().astype(np.int32)
+        ctx_start = self.window.start(pos, self.seq_len).cpu().numpy().astype(np.int16)
+        width = self.window.width(self.seq_len)
         return {
             "neurons": {"hist_counts": counts},  # [layer * neuron, N_BINS]
             "neuron_examples": {
@@ -110,10 +125,11 @@ class Histogram:
                 "neuron": neuron.cpu().numpy().astype(np.int32),
                 "kind": np.full(layer.numel(), "band", dtype=object),
                 "rank": band.cpu().numpy().astype(np.int16),
-                "seq_id": (positions // self.seq_len).cpu().numpy().astype(np.int32),
+                "seq_id": seq_id,
                 "pos": pos.cpu().numpy().astype(np.int16),
                 "activation": self.sample_values[layer, slot].cpu().numpy(),
-                "ctx_start": self.window.start(pos, self.seq_len).cpu().numpy().astype(np.int16),
+                "ctx_start": ctx_start,
                 "context_acts": self.sample_ctx[layer, slot].to(torch.float32).cpu().numpy(),
+                "context_tokens": TokenWindows(seq_id.astype(np.int64) * self.seq_len + ctx_start, width),
             },
         }

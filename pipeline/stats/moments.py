@@ -10,12 +10,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline import hooks
 from pipeline.stats import native
 from pipeline.stats.batch import LayerActs
+from pipeline.stats.contract import StatContext
+from store import schema
 
 
 class Moments:
     name = "moments"
+    tables = (schema.NEURONS,)
+
+    @classmethod
+    def create(cls, ctx: StatContext) -> Moments:
+        return cls(ctx.n_layers, ctx.d_mlp, ctx.device, ctx.use_native)
+
+    def hook_points(self) -> tuple[hooks.HookPoint, ...]:
+        return tuple(hooks.point("mlp_post", layer) for layer in range(self.count.shape[0]))
 
     def __init__(self, n_layers: int, d_mlp: int, device: str | torch.device = "cpu", use_native: bool | None = None):
         self.native = native.enabled(device) if use_native is None else use_native
@@ -76,6 +87,8 @@ class Moments:
 
         return {
             "neurons": {
+                "layer": np.repeat(np.arange(n_layers, dtype=np.int16), d_mlp),
+                "neuron": np.tile(np.arange(d_mlp, dtype=np.int32), n_layers),
                 "count": count.reshape(-1).to(torch.int64).cpu().numpy(),
                 "mean": col(mean),
                 "std": col(var.sqrt()),

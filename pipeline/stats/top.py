@@ -17,16 +17,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline import hooks
 from pipeline.stats import native
 from pipeline.stats.batch import LayerActs
 from pipeline.stats.context import ContextWindow
+from pipeline.stats.contract import StatContext
+from pipeline.stats.deferred import TokenIdsAt, TokenWindows
 from pipeline.stats.heap import HeapTop
 from pipeline.stats.keys import KEY_EMPTY, decode_top, encode_top
 from pipeline.stats.pool import TopPool
+from store import schema
 
 
 class TopActivations:
     name = "top"
+    tables = (schema.NEURONS, schema.NEURON_EXAMPLES, schema.ACTIVATIONS)
+
+    @classmethod
+    def create(cls, ctx: StatContext) -> TopActivations:
+        c = ctx.config
+        return cls(ctx.n_layers, ctx.d_mlp, c.top_k, c.records, c.seq_len, c.window, ctx.device, ctx.use_native)
+
+    def hook_points(self) -> tuple[hooks.HookPoint, ...]:
+        return tuple(hooks.point("mlp_post", layer) for layer in range(len(self.examples)))
 
     def __init__(self, n_layers: int, d_mlp: int, top_k: int, records: int, seq_len: int,
                  window: ContextWindow, device: str | torch.device = "cpu", use_native: bool | None = None):
@@ -102,8 +115,15 @@ class TopActivations:
         values, positions = decode_top(keys)
         return positions.cpu().numpy(), values.cpu().numpy()
 
-    def finalize(self) -> dict[str, dict[str, np.ndarray]]:
+    def finalize(self) -> dict[str, dict[str, object]]:
+        """`neuron_examples` (kind 'top') and `activations` rows; for `neurons`, the token after
+        each top example (`_top_next_token_ids`, [layer*neuron, k], -1 where there is none: the
+        end of a window, a BOS) for the derived key-value agreement (`stats/derived.py`)."""
+        positions, _ = self.top_positions()
+        next_pos = np.where(positions >= 0, positions + 1, -1)
+        next_pos[(next_pos % self.seq_len) == 0] = -1  # the next position is in another window
         return {
+            "neurons": {"_top_next_token_ids": TokenIdsAt(next_pos.reshape(-1, next_pos.shape[-1]))},
             "neuron_examples": self._example_rows(),
             "activations": self._record_rows(),
         }
@@ -137,6 +157,8 @@ class TopActivations:
         rows["kind"] = np.full(len(rows["pos"]), "top", dtype=object)
         rows["ctx_start"] = self.window.start(pos, self.seq_len).numpy().astype(np.int16)
         rows["context_acts"] = ctx  # [rows, width]
+        starts = rows["seq_id"].astype(np.int64) * self.seq_len + rows["ctx_start"]
+        rows["context_tokens"] = TokenWindows(starts, self.window.width(self.seq_len))
         return rows
 
 

@@ -1,0 +1,22 @@
+"""The statistics a build runs, listed explicitly (no import-time registration).
+
+Each entry is a factory `StatContext -> Statistic` (see `contract.py`). The harvest builds one
+of each, registers the union of their hook points and stops the forward pass after the last
+one; the build writes whatever tables their `finalize` returns. Adding a statistic is a new
+module plus an entry here: nothing in `harvest.py` or `build.py` names one.
+"""
+
+from __future__ import annotations
+
+from pipeline.stats.histogram import Histogram
+from pipeline.stats.moments import Moments
+from pipeline.stats.top import TopActivations
+
+# Per MLP neuron, read at every layer's mlp.hook_post.
+NEURON_STATISTICS = (
+    Moments.create,
+    TopActivations.create,
+    Histogram.create,
+)
+
+STATISTICS = (*NEURON_STATISTICS,)
