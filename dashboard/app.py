@@ -6,7 +6,7 @@ and queries in `data.py` (SQL in `store/queries.py`).
 
 Why `views/` and not `pages/`: a folder named `pages` beside the entry file switches Streamlit
 into its old multipage mode until the first `st.navigation` call, so a fresh server's first deep
-link (e.g. /neuron?layer=1&neuron=3) would run the page file bare, bypassing this router.
+link (e.g. /neuron?layer=1&neuron=3, /head?layer=1&head=2) would run the page file bare, bypassing this router.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ pages = [
     st.Page(nav.CATALOGUE, title="Neuron catalogue", icon=":material/table_rows:"),
     st.Page(nav.NEURON, title="Neuron", icon=":material/neurology:"),
     st.Page(nav.DELETION, title="Deletion neurons", icon=":material/remove_circle:"),
+    st.Page(nav.HEADS, title="Head catalogue", icon=":material/grid_view:"),
+    st.Page(nav.HEAD, title="Head", icon=":material/visibility:"),
+    st.Page(nav.CIRCUITS, title="Circuits", icon=":material/hub:"),
     st.Page(nav.SQL, title="SQL console", icon=":material/terminal:"),
 ]
 page = st.navigation(pages)

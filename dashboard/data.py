@@ -113,6 +113,93 @@ def tables(path: str) -> list[str]:
     return list(get_store(path).tables())
 
 
+def missing(path: str, table: str) -> str | None:
+    """None when the store has `table` in a version this code reads; else the store's one-sentence
+    notice saying so and how to get it (not cached: a lookup in the opened store's manifest)."""
+    return get_store(path).missing(table)
+
+
+# --- heads, composition, circuits ------------------------------------------------------------
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S)
+def head_range(path: str) -> dict | None:
+    """{'lo', 'hi': layers, 'max_head', 'n_heads'} of `heads`, or None when it has no rows."""
+    row = queries.head_range(get_store(path)).to_pylist()[0]
+    return None if row["lo"] is None else {k: int(v) for k, v in row.items()}
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=64)
+def head_catalogue(path: str, layer_lo: int, layer_hi: int, sort_by: str = "layer",
+                   store_name: str | None = None) -> pd.DataFrame:
+    """The head catalogue, display-ready: an `open` column of head-page links first, the OV
+    copy and suppress tokens as text labels."""
+    frame = queries.head_catalogue(get_store(path), layer_lo, layer_hi, sort_by).to_pandas()
+    frame.insert(0, "open", [render.head_url(int(layer), int(head), store_name)
+                             for layer, head in zip(frame["layer"], frame["head"], strict=True)])
+    for column in ("ov_copy_tokens", "ov_suppress_tokens"):
+        frame[column] = [render.token_list_label(t, queries.N_VALUE_TOKENS) for t in frame[column]]
+    return frame
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=64)
+def head_matrix(path: str, column: str, store_name: str | None = None) -> pd.DataFrame:
+    """(layer, head, value, url, label) of one score column for every head."""
+    frame = queries.head_matrix(get_store(path), column).to_pandas()
+    pairs = list(zip(frame["layer"], frame["head"], strict=True))
+    frame["url"] = [render.head_url(int(layer), int(head), store_name) for layer, head in pairs]
+    frame["label"] = [render.head_label(int(layer), int(head)) for layer, head in pairs]
+    return frame
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=512)
+def head(path: str, layer: int, head: int) -> dict | None:
+    rows = queries.head(get_store(path), layer, head).to_pylist()
+    return rows[0] if rows else None
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=512)
+def head_examples(path: str, layer: int, head: int) -> list[dict]:
+    return queries.head_examples(get_store(path), layer, head).to_pylist()
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=512)
+def head_neighbours(path: str, layer: int, head: int) -> dict[str, tuple[int, int]]:
+    rows = queries.head_neighbours(get_store(path), layer, head).to_pylist()
+    return {r["direction"]: (int(r["layer"]), int(r["head"])) for r in rows}
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=512)
+def head_partners(path: str, layer: int, head: int, n: int) -> dict[str, list[dict]]:
+    """{'upstream': [...], 'downstream': [...]}: the top `n` composition partners each way."""
+    out: dict[str, list[dict]] = {"upstream": [], "downstream": []}
+    for r in queries.head_partners(get_store(path), layer, head, n).to_pylist():
+        out[r["direction"]].append(r)
+    return out
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=64)
+def strongest_compositions(path: str, kinds: tuple[str, ...], min_margin: float, n: int,
+                           store_name: str | None = None) -> pd.DataFrame:
+    """The strongest compositions (`queries.strongest_compositions`), display-ready: `writes` and
+    `reads` head labels with `writes_url` / `reads_url` links to their pages."""
+    frame = queries.strongest_compositions(get_store(path), kinds, min_margin, n).to_pandas()
+    for side, prefix in (("writes", "src"), ("reads", "dst")):
+        pairs = list(zip(frame[f"{prefix}_layer"], frame[f"{prefix}_head"], strict=True))
+        frame[side] = [render.head_label(int(a), int(b)) for a, b in pairs]
+        frame[f"{side}_url"] = [render.head_url(int(a), int(b), store_name) for a, b in pairs]
+    return frame
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=512)
+def neuron_circuits(path: str, layer: int, neuron: int) -> dict[str, list[dict]]:
+    """{relation: its rows by rank} for one neuron (relations without rows are absent)."""
+    out: dict[str, list[dict]] = {}
+    for r in queries.neuron_circuits(get_store(path), layer, neuron).to_pylist():
+        out.setdefault(r["relation"], []).append(r)
+    return out
+
+
 def run_sql(path: str, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
     """A user's SQL through the guard (not cached: a console re-runs what it is asked to)."""
     return run_user_query(get_store(path), sql, max_rows=max_rows, timeout_s=timeout_s)

@@ -3,7 +3,10 @@
 The store root comes from `--store PATH` after `--` on the command line (what `serve` passes)
 or the MECHSCOPE_STORE environment variable (what tests use). When the root is a folder of
 stores, a sidebar picker chooses one and keeps it in the `store` query parameter, so every URL
-names its store and stays shareable. Caching and queries are in `dashboard/data.py`; routing in `app.py`.
+names its store and stays shareable. `require_tables` / `has_table` are the one check every page
+makes for the tables it reads: a store built before a table existed (or holding an older version
+of it) gets the store's notice saying how to get it, instead of a failed query. Caching and
+queries are in `dashboard/data.py`; routing in `app.py`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from dashboard import data
 from dashboard.locate import check_store, find_stores
 from store import StoreError
 
@@ -21,6 +25,9 @@ OVERVIEW = "views/overview.py"
 CATALOGUE = "views/neurons.py"
 NEURON = "views/neuron.py"
 DELETION = "views/deletion.py"
+HEADS = "views/heads.py"
+HEAD = "views/head.py"
+CIRCUITS = "views/circuits.py"
 SQL = "views/sql.py"
 ENV_VAR = "MECHSCOPE_STORE"
 _KEY = "mechscope_store"  # (path, name or None) of the store this session browses
@@ -97,3 +104,22 @@ def store_param() -> str | None:
     `st.page_link`/`st.switch_page` need no store: `choose_store` puts it back into the URL on
     every run, before the page runs."""
     return (st.session_state.get(_KEY) or (None, None))[1]
+
+
+def has_table(path: str, table: str) -> bool:
+    """True when the store has `table` in a version this code reads; else show the store's notice
+    (which names what fills the table, `schema.Table.family`, and how to get it) and return False."""
+    notice = data.missing(path, table)
+    if notice is not None:
+        st.info(notice, icon=":material/info:")
+    return notice is None
+
+
+def require_tables(path: str, *tables: str, title: str | None = None) -> None:
+    """Stop the page after one notice (under `title`, if given) unless the store has every one of `tables`."""
+    for table in tables:
+        if data.missing(path, table) is not None:
+            if title:
+                st.title(title)
+            has_table(path, table)
+            st.stop()

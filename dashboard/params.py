@@ -3,13 +3,17 @@
 A widget bound to the URL (`bind="query-params"`) silently drops a value it cannot use; a
 page calls these first, on the raw values (`st.query_params.get_all(name)`), and shows the
 sentence they return as a notice, so a mistyped link says what was wrong. Plain functions of
-plain values, no Streamlit: the pages call them, the tests call them directly too.
+plain values, no Streamlit: the pages call them, the tests call them directly too. The raw values
+in a sentence are Markdown-escaped (`render.md_escape`): the notices are Markdown, and a link's
+text is data, never markup.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+from dashboard.render import md_escape
 
 
 def _number(text: str) -> float | None:
@@ -21,7 +25,7 @@ def _number(text: str) -> float | None:
 
 
 def _shown(name: str, raw: Sequence[str]) -> str:
-    return f"{name}={raw[0]!r}" if len(raw) == 1 else f"{name}={list(raw)!r}"
+    return md_escape(f"{name}={raw[0]!r}" if len(raw) == 1 else f"{name}={list(raw)!r}")
 
 
 def int_problem(name: str, raw: Sequence[str], lo: int, hi: int) -> str | None:
@@ -65,3 +69,13 @@ def range_problem(name: str, raw: Sequence[str], lo: float, hi: float,
     if not lo <= a <= b <= hi:
         return f"{_shown(name, raw)} is not a range within {lo:g} to {hi:g}."
     return None
+
+
+def choice_problem(name: str, raw: Sequence[str], options: Sequence[str], multi: bool = False) -> str | None:
+    """None when `raw` is absent or one of `options` (any number of them if `multi`; an empty value
+    clears a multi-choice); else what is wrong."""
+    if not raw or (multi and list(raw) == [""]):
+        return None
+    if (len(raw) == 1 or multi) and set(raw) <= set(options):
+        return None
+    return f"{_shown(name, raw)} is not {'among' if multi else 'one of'} {', '.join(options)}."

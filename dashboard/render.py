@@ -1,7 +1,9 @@
 """Render helpers: plain data in, HTML or display strings out. No Streamlit, no SQL.
 
 Token heatmaps, token labels, histogram-bin labels and grouping, the deletion-score sentence,
-neuron links and manifest flattening live here so that tests can call them on hand-made data.
+neuron links and manifest flattening, and for heads the attention views (destination outlined,
+sources shaded by attention), the token x token block rows, head links and the OV sentence live
+here so that tests can call them on hand-made data.
 Altair charts are in `dashboard/charts.py`; queries in `store/queries.py`.
 
 Every piece of corpus text goes through `html.escape` before it enters HTML: a corpus token
@@ -273,3 +275,138 @@ def flat_items(d: dict | None, prefix: str = "") -> list[tuple[str, str]]:
         else:
             out.append((key, str(v)))
     return out
+
+
+# --- heads ---------------------------------------------------------------------------------
+
+ATTN_RGB = (27, 120, 55)  # green: attention weight
+
+
+def head_label(layer: int, head: int) -> str:
+    return f"L{layer}/H{head}"
+
+
+def head_query(layer: int, head: int, store: str | None = None) -> dict[str, str]:
+    params = {"layer": str(layer), "head": str(head)}
+    if store:
+        params["store"] = store
+    return params
+
+
+def head_url(layer: int, head: int, store: str | None = None) -> str:
+    """Relative link to a head page (works under any base URL)."""
+    return f"head?{urlencode(head_query(layer, head, store))}"
+
+
+def visible_token(token: str) -> str:
+    """A token's text with its whitespace made visible: newlines '↵', tabs '⇥', and a token that
+    is only spaces as '·' per space (otherwise an unshaded space token would be invisible)."""
+    if token.strip(" ") == "":
+        return token_label(token)
+    return token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+
+
+def attention_colour(weight: float | None, scale: float) -> str:
+    """Background of a source token: green, full at `scale` (the example's strongest weight)."""
+    if weight is None or math.isnan(weight) or scale <= 0:
+        return "transparent"
+    alpha = round(min(max(weight / scale, 0.0), 1.0) * 0.85, 3)
+    return f"rgba({ATTN_RGB[0]},{ATTN_RGB[1]},{ATTN_RGB[2]},{alpha})"
+
+
+def attention_html(tokens: Sequence[str | None], pattern: Sequence[float | None], pos: int, src_pos: int,
+                   after: int = 3) -> str:
+    """One head example as inline HTML: the window's tokens up to the destination `pos` (outlined)
+    and `after` more (dimmed: a query never sees them), each source shaded by the destination's
+    attention to it, full colour at the strongest non-BOS weight; `src_pos` is underlined. Hover
+    a token for its position and weight. Every token is escaped; whitespace is visible."""
+    weights = [None if w is None else float(w) for w in pattern]
+    scale = max((w for w in weights[1:pos + 1] if w is not None and not math.isnan(w)), default=0.0)
+    spans = []
+    for i in range(min(len(tokens), pos + 1 + after)):
+        token = "" if tokens[i] is None else str(tokens[i])
+        w = weights[i] if i < len(weights) and i <= pos else None
+        style = "white-space:pre-wrap;border-radius:2px;padding:0 1px;"
+        if i > pos:
+            what = "after the destination"
+            style += "opacity:0.4;"
+        else:
+            what = f"attention {w:.4f}" if w is not None and not math.isnan(w) else "attention —"
+            style += f"background:{attention_colour(w, scale)};"
+        classes = []
+        if i == pos:
+            classes.append("ms-dest")
+            what = "destination · " + what
+            style += "outline:2px solid #222;outline-offset:0;font-weight:600;"
+        if i == src_pos:
+            classes.append("ms-src")
+            style += "border-bottom:3px solid #1b7837;"
+        title = html.escape(f"{token!r} · position {i} · {what}", quote=True)
+        cls = f' class="{" ".join(classes)}"' if classes else ""
+        br = "<br>" if "\n" in token else ""
+        spans.append(f'<span{cls} title="{title}" style="{style}">{html.escape(visible_token(token))}</span>{br}')
+    return "".join(spans)
+
+
+def head_example_html(example: dict) -> str:
+    """One `head_examples` row as a block of HTML: its weight, then the attention view."""
+    pos, src = int(example["pos"]), int(example["src_pos"])
+    body = attention_html(example.get("context_tokens") or [], example.get("pattern") or [], pos, src)
+    where = html.escape(f"window {example['seq_id']}, position {pos} attends to position {src}")
+    return (
+        '<div style="display:flex;gap:0.75em;align-items:baseline;margin:0.15em 0;font-size:0.92em;">'
+        f'<code title="{where}" style="min-width:5.5em;text-align:right;">{float(example["attention"]):.3f}</code>'
+        f'<div style="flex:1;min-width:0;overflow-wrap:anywhere;font-family:ui-monospace,monospace;'
+        f'line-height:1.75;">{body}</div></div>'
+    )
+
+
+def attention_block_rows(example: dict) -> list[dict]:
+    """The example's `block` (w x w, row-major) as rows (query, key, weight) for a token x token
+    heatmap; query and key are 'position token' labels, unique by position."""
+    block, start = list(example.get("block") or []), int(example.get("block_start") or 0)
+    tokens = list(example.get("context_tokens") or [])
+    w = math.isqrt(len(block))
+
+    def label(p: int) -> str:
+        return f"{p} {token_label(tokens[p]) if p < len(tokens) else '?'}"
+
+    return [{"query": label(start + i), "key": label(start + j), "query_pos": start + i, "key_pos": start + j,
+             "weight": float(block[i * w + j])} for i in range(w) for j in range(w)]
+
+
+def offset_rows(corpus: Sequence[float] | None, weights: Sequence[float] | None) -> list[dict]:
+    """Attention by offset as long rows (offset, source, attention): the corpus measurement and,
+    when the store has it (learned position embeddings only), the weights' positional QK part."""
+    rows = [{"offset": i, "source": "corpus (measured)", "attention": float(v)} for i, v in enumerate(corpus or [])]
+    rows += [{"offset": i, "source": "weights (positional QK)", "attention": float(v)}
+             for i, v in enumerate(weights or [])]
+    return rows
+
+
+def score_rows(row: dict, columns: Sequence[str], descriptions: dict[str, str]) -> list[dict]:
+    """(score, value, meaning) for each of `columns` of a row; a null value is shown as None."""
+    return [{"score": c, "value": None if row.get(c) is None else float(row[c]), "meaning": descriptions.get(c, "")}
+            for c in columns]
+
+
+def ov_sentence(score: float | None) -> str:
+    """What a head's OV copying score means, for this head."""
+    if score is None or math.isnan(score):
+        return "No OV copying score for this head."
+    base = (f"OV copying score {score:+.3f}: the share of the OV circuit's eigenvalues (in token space) that "
+            "are positive, weighted by size. ")
+    if score >= 0.5:
+        return base + "It copies: attending to a token raises that same token's logit."
+    if score <= -0.5:
+        return base + "It suppresses: attending to a token lowers that same token's logit."
+    return base + "Mixed: it neither clearly copies nor clearly suppresses what it attends to."
+
+
+def weighted_tokens_html(tokens: Sequence[str | None], weights: Sequence[float]) -> str:
+    """Tokens with their weights as one line of HTML code boxes, each token escaped."""
+    style = "background:rgba(128,128,128,0.13);border-radius:3px;padding:0 4px;margin-right:2px;"
+    boxes = [f'<code style="{style}">{html.escape(token_label(t))}</code>&nbsp;{float(w):+.3f}'
+             for t, w in zip(tokens, weights, strict=False)]
+    return f'<div style="margin:0.1em 0 0.4em 0;font-size:0.92em;line-height:2;">{" · ".join(boxes) or "—"}</div>'
+

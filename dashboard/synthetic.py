@@ -1,16 +1,29 @@
-"""A tiny synthetic store with planted neurons, for the dashboard's tests (no model, no torch).
+"""A tiny synthetic store with planted neurons and heads, for the dashboard's tests (no model, no torch).
 
-`write_synthetic_store(out)` writes 2 layers x 8 neurons over 6 windows of 16 tokens through
-`store.StoreWriter`, with rows valid under `store.schema` and a manifest shaped like the
-pipeline's. Planted facts the tests check:
+`write_synthetic_store(out)` writes 2 layers x 8 neurons x 4 heads over 6 windows of 16 tokens
+through `store.StoreWriter`, with rows valid under `store.schema` and a manifest shaped like the
+pipeline's; `omit=HEAD_TABLES` leaves out the head and circuit tables, as a store built before
+they existed. Planted facts the tests check:
 - layer 0, neuron 2 fires on " Paris" and promotes " Paris" (first value token);
 - layer 1, neuron 3 fires on the token `<img src=x onerror=alert(1)>` (must render as text);
-- layer 1, neuron 5 has deletion_cos -0.9 (the most deletion-like).
-The real statistics are computed by `pipeline/`; this only imitates their shape.
+- layer 1, neuron 5 has deletion_cos -0.9 (the most deletion-like);
+- layer 0, head 1 is a previous-token head (the top prev_token_score, attention peak at offset 1);
+- layer 1, head 2 is an induction head (the top induction_score and rand_induction_score, OV
+  copying score +0.95); layer 1, head 3 suppresses (OV copying score -0.8);
+- K-composition L0H1 -> L1H2 (0.62) is the strongest pair; V L0H3 -> L1H0 (0.41) and Q L0H0 ->
+  L1H3 (0.33) are the only others above the baseline (0.12) by 0.1 or more;
+- layer 0, head 3's top example attends from window 4, position 10 to the XSS token at
+  position 9 (0.97), and the XSS token is its first OV copy token;
+- neuron circuits: L0/N2's first input token is " Paris", its first upstream head L0H1, first
+  downstream neuron L1/N3 and first downstream head L1H2; L1/N3's first input token is the XSS
+  token and its first upstream neuron L0/N2.
+The real statistics are computed by `pipeline/`; this only imitates their shape (the pattern
+scores are computed from the synthetic patterns, so they agree with the examples).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +40,14 @@ VOCAB = (" the", " Paris", " is", " capital", " of", " France", ".", "\n", " cat
 N_LAYERS, D_MLP, SEQ_LEN, N_WINDOWS, TOP_K, RECORDS = 2, 8, 16, 6, 5, 12
 CTX_BEFORE, CTX_WIDTH = 4, 7
 PLANTED = {(0, 2): " Paris", (1, 3): XSS_TOKEN}
+N_HEADS, BLOCK_W, N_OFFSETS, N_OV_TOKENS, N_LINKS = 4, 8, 16, 5, 3
+PREV_TOKEN_HEAD, INDUCTION_HEAD, XSS_HEAD, SUPPRESS_HEAD = (0, 1), (1, 2), (0, 3), (1, 3)
+XSS_EXAMPLE = (4, 10, 9)  # (seq_id, pos, src_pos) of XSS_HEAD's top example
+COMPOSITION_BASELINE = 0.12
+# (src head, dst head, kind) -> score; every other pair scores below baseline + 0.1
+PLANTED_COMPOSITION = {((0, 1), (1, 2), "k"): 0.62, ((0, 3), (1, 0), "v"): 0.41, ((0, 0), (1, 3), "q"): 0.33}
+CIRCUIT_NEURON, CIRCUIT_DOWNSTREAM = (0, 2), (1, 3)
+HEAD_TABLES = ("heads", "head_examples", "head_composition", "neuron_circuits")
 
 
 def _corpus(rng: np.random.Generator) -> np.ndarray:
@@ -102,13 +123,165 @@ def _neuron_rows(rng: np.random.Generator, acts: np.ndarray,
     return neurons, examples, records
 
 
+# --- heads and circuits --------------------------------------------------------------------
+
+
+def _patterns(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
+    """Causal attention patterns [layer head seq_id query key]: random with a BOS sink, then the
+    planted heads mixed in (each planted row keeps `mass` on its key and the rest scaled down)."""
+    logits = rng.normal(0.0, 0.7, size=(N_LAYERS, N_HEADS, N_WINDOWS, SEQ_LEN, SEQ_LEN))
+    logits[..., 0] += 1.5  # the attention sink
+    logits = np.where(np.tril(np.ones((SEQ_LEN, SEQ_LEN), bool)), logits, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+
+    def plant(head: tuple[int, int], seq: int, q: int, k: int, mass: float) -> None:
+        row = p[head[0], head[1], seq, q]
+        row *= 1.0 - mass
+        row[k] += mass
+
+    for seq in range(N_WINDOWS):
+        for q in range(1, SEQ_LEN):
+            plant(PREV_TOKEN_HEAD, seq, q, q - 1, 0.9)
+            after = [k + 1 for k in range(1, q - 1) if ids[seq, k] == ids[seq, q]]
+            plant(INDUCTION_HEAD, seq, q, after[-1] if after else 0, 0.85 if after else 0.6)
+    seq, q, k = XSS_EXAMPLE
+    plant(XSS_HEAD, seq, q, k, 0.97)
+    return p.astype(np.float32)
+
+
+def _pattern_scores(a: np.ndarray, ids: np.ndarray) -> dict:
+    """One head's corpus scores from its pattern a [seq_id query key] (BOS query rows dropped)."""
+    q = np.arange(1, SEQ_LEN)
+    k = np.arange(SEQ_LEN)
+    rows = a[:, 1:, :]  # seq_id, query (1..), key
+    earlier = (k[None, :] < q[:, None])[None]
+    same = (ids[:, None, :] == ids[:, 1:, None]) & earlier & (ids[:, None, :] >= 0)
+    after = np.zeros_like(same)
+    after[:, :, 1:] = same[:, :, :-1] & earlier[:, :, 1:]
+    has = same.any(-1)
+    entropy = -np.where(rows > 0, rows * np.log(np.where(rows > 0, rows, 1.0)), 0.0).sum(-1)
+    by_offset = [float(np.mean([a[:, t, t - o] for t in range(max(o, 1), SEQ_LEN)])) for o in range(N_OFFSETS)]
+    return {
+        "count": int(rows.shape[0] * rows.shape[1]), "repeat_count": int(has.sum()),
+        "prev_token_score": float(rows[:, q - 1, q - 1].mean()), "self_score": float(rows[:, q - 1, q].mean()),
+        "bos_score": float(rows[:, :, 0].mean()),
+        "duplicate_score": float((rows * same).sum(-1)[has].mean()) if has.any() else None,
+        "induction_score": float((rows * after).sum(-1)[has].mean()) if has.any() else None,
+        "entropy_nats": float(entropy.mean()),
+        "attn_distance_tokens": float((rows * (q[:, None] - k[None, :]).clip(0)).sum(-1).mean()),
+        "attn_by_offset": by_offset,
+    }
+
+
+def _head_rows(rng: np.random.Generator, p: np.ndarray, ids: np.ndarray) -> list[dict]:
+    heads = []
+    for layer in range(N_LAYERS):
+        for h in range(N_HEADS):
+            key = (layer, h)
+            order = list(rng.permutation(len(VOCAB)))
+            if key == XSS_HEAD:
+                order.remove(VOCAB.index(XSS_TOKEN))
+                order.insert(0, VOCAB.index(XSS_TOKEN))
+            copy, suppress = order[:N_OV_TOKENS], order[-N_OV_TOKENS:]
+            decay = np.exp(-np.arange(N_OFFSETS) / (1.0 + rng.random()))
+            if key == PREV_TOKEN_HEAD:
+                decay[1] = 3.0
+            ov = {INDUCTION_HEAD: 0.95, SUPPRESS_HEAD: -0.8}.get(key, float(rng.uniform(-0.3, 0.5)))
+            heads.append({
+                "layer": layer, "head": h, **_pattern_scores(p[layer, h], ids),
+                "rand_prev_token_score": 0.95 if key == PREV_TOKEN_HEAD else float(rng.uniform(0.0, 0.1)),
+                "rand_duplicate_score": float(rng.uniform(0.0, 0.1)),
+                "rand_induction_score": 0.92 if key == INDUCTION_HEAD else float(rng.uniform(0.0, 0.1)),
+                "ov_copying_score": ov,
+                "ov_copy_token_ids": copy, "ov_copy_tokens": [VOCAB[i] for i in copy],
+                "ov_suppress_token_ids": suppress, "ov_suppress_tokens": [VOCAB[i] for i in suppress],
+                "qk_pos_by_offset": (decay / decay.sum()).tolist(),
+            })
+    return heads
+
+
+def _head_examples(p: np.ndarray, ids: np.ndarray) -> list[dict]:
+    """Per head its TOP_K query positions by strongest non-BOS attention (earlier first on ties)."""
+    rows = []
+    for layer in range(N_LAYERS):
+        for h in range(N_HEADS):
+            a = p[layer, h]
+            best = [(float(a[s, q, 1:q + 1].max()), s, q) for s in range(N_WINDOWS) for q in range(1, SEQ_LEN)]
+            best.sort(key=lambda t: (-t[0], t[1], t[2]))
+            for rank, (weight, s, q) in enumerate(best[:TOP_K]):
+                start = min(max(q - BLOCK_W + 2, 0), SEQ_LEN - BLOCK_W)
+                block = a[s, start:start + BLOCK_W, start:start + BLOCK_W]
+                rows.append({"layer": layer, "head": h, "rank": rank, "seq_id": s, "pos": q,
+                             "src_pos": 1 + int(a[s, q, 1:q + 1].argmax()), "attention": weight,
+                             "pattern": a[s, q].tolist(), "block_start": start, "block": block.ravel().tolist(),
+                             "context_tokens": [_text(int(i)) for i in ids[s]]})
+    return rows
+
+
+def _composition_rows(rng: np.random.Generator) -> list[dict]:
+    rows = []
+    for src_layer in range(N_LAYERS):
+        for dst_layer in range(src_layer + 1, N_LAYERS):
+            for src in range(N_HEADS):
+                for dst in range(N_HEADS):
+                    for kind in "qkv":
+                        planted = PLANTED_COMPOSITION.get(((src_layer, src), (dst_layer, dst), kind))
+                        rows.append({"src_layer": src_layer, "src_head": src, "dst_layer": dst_layer, "dst_head": dst,
+                                     "kind": kind, "score": planted or float(rng.uniform(0.06, 0.2)),
+                                     "baseline": COMPOSITION_BASELINE})
+    return rows
+
+
+def _circuit_rows(rng: np.random.Generator) -> list[dict]:
+    """Each neuron's input tokens and its strongest neighbours in earlier and later layers
+    (heads of its own layer are upstream: attention runs before the MLP in a block)."""
+    rows = []
+
+    def add(layer: int, neuron: int, relation: str, others: list, first: tuple[int, int] | int | None = None) -> None:
+        if first is not None:
+            others = [first] + [o for o in others if o != first]
+        weights = sorted(rng.uniform(0.05, 0.5, len(others[:N_LINKS])).tolist(), reverse=True)
+        if first is not None:
+            weights[0] = 0.7
+        for rank, (other, weight) in enumerate(zip(others[:N_LINKS], weights, strict=True)):
+            token = relation == "input_token"
+            rows.append({"layer": layer, "neuron": neuron, "relation": relation, "rank": rank,
+                         "other_layer": None if token else other[0], "other_index": other if token else other[1],
+                         "other_token": VOCAB[other] if token else None, "weight": weight})
+
+    for layer in range(N_LAYERS):
+        for n in range(D_MLP):
+            key = (layer, n)
+            token = {(0, 2): VOCAB.index(" Paris"), (1, 3): VOCAB.index(XSS_TOKEN)}.get(key)
+            add(layer, n, "input_token", [int(i) for i in rng.permutation(len(VOCAB))], token)
+            before = [(lo, m) for lo in range(layer) for m in rng.permutation(D_MLP).tolist()]
+            add(layer, n, "upstream_neuron", before, CIRCUIT_NEURON if key == CIRCUIT_DOWNSTREAM else None)
+            heads = [(lo, h) for lo in range(layer + 1) for h in rng.permutation(N_HEADS).tolist()]
+            add(layer, n, "upstream_head", heads, PREV_TOKEN_HEAD if key == CIRCUIT_NEURON else None)
+            later = [(hi, m) for hi in range(layer + 1, N_LAYERS) for m in rng.permutation(D_MLP).tolist()]
+            add(layer, n, "downstream_neuron", later, CIRCUIT_DOWNSTREAM if key == CIRCUIT_NEURON else None)
+            heads = [(hi, h) for hi in range(layer + 1, N_LAYERS) for h in rng.permutation(N_HEADS).tolist()]
+            add(layer, n, "downstream_head", heads, INDUCTION_HEAD if key == CIRCUIT_NEURON else None)
+    return rows
+
+
+def _head_tables(seed: int, ids: np.ndarray) -> dict[str, list[dict]]:
+    rng = np.random.default_rng([seed, 1])  # its own stream: the neuron tables stay as they were
+    p = _patterns(rng, ids)
+    return {"heads": _head_rows(rng, p, ids), "head_examples": _head_examples(p, ids),
+            "head_composition": _composition_rows(rng), "neuron_circuits": _circuit_rows(rng)}
+
+
 def _table(name: str, rows: list[dict]) -> pa.Table:
     schema = TABLES_BY_NAME[name].arrow_schema()
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def write_synthetic_store(out: str | Path, name: str = "synthetic-2x8", seed: int = 0) -> Path:
-    """Write the synthetic store to `out` (a new folder) and return its path."""
+def write_synthetic_store(out: str | Path, name: str = "synthetic-2x8", seed: int = 0,
+                          omit: Collection[str] = ()) -> Path:
+    """Write the synthetic store to `out` (a new folder) and return its path; the tables named in
+    `omit` are left out (`omit=HEAD_TABLES`: a store built before the head tables existed)."""
     rng = np.random.default_rng(seed)
     ids = _corpus(rng)
     acts = _activations(rng, ids)
@@ -121,13 +294,17 @@ def write_synthetic_store(out: str | Path, name: str = "synthetic-2x8", seed: in
     for d in documents:
         d["n_chars"] = len(d["text"])
     neurons, examples, records = _neuron_rows(rng, acts, ids)
+    tables = {"documents": documents, "tokens": tokens, "neurons": neurons, "neuron_examples": examples,
+              "activations": records, **_head_tables(seed, ids)}
     writer = StoreWriter(out)
-    for table, rows in (("documents", documents), ("tokens", tokens), ("neurons", neurons),
-                        ("neuron_examples", examples), ("activations", records)):
-        writer.write_table(table, _table(table, rows))
+    for table, rows in tables.items():
+        if table not in omit:
+            writer.write_table(table, _table(table, rows))
     n_tokens = N_WINDOWS * SEQ_LEN
+    extra = {} if "head_composition" in omit else {"head_composition": {"baseline": COMPOSITION_BASELINE}}
     return writer.commit({
-        "model": {"name": name, "n_layers": N_LAYERS, "d_mlp": D_MLP, "d_model": 16, "n_heads": 2},
+        **extra,
+        "model": {"name": name, "n_layers": N_LAYERS, "d_mlp": D_MLP, "d_model": 16, "n_heads": N_HEADS},
         "corpus": {"spec": "synthetic", "n_documents": N_WINDOWS},
         "build": {"n_tokens": n_tokens, "n_windows": N_WINDOWS, "batch_size": 2,
                   "stats": {"seq_len": SEQ_LEN, "top_k": TOP_K, "records": RECORDS}},

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from store.schema import NEURONS, TABLES
+from store.schema import HEAD_COMPOSITION, HEADS, NEURON_CIRCUITS, NEURONS, TABLES
 
 if TYPE_CHECKING:
     from store.reader import Store
@@ -26,6 +26,10 @@ CATALOGUE_COLUMNS = ("layer", "neuron", "max", "density_frac", "deletion_cos", "
 # Numeric `neurons` columns the catalogue can filter by range (and `score_bounds` reports).
 RANGE_COLUMNS = ("max", "density_frac", "deletion_cos", "kv_agreement_frac")
 N_VALUE_TOKENS = 5
+# Scalar float columns of `heads`: what the head matrix and the head catalogue can show and sort by.
+HEAD_SCORE_COLUMNS = tuple(c.name for c in HEADS.columns if pa.types.is_floating(c.type))
+COMPOSITION_KINDS = ("q", "k", "v")
+CIRCUIT_RELATIONS = ("input_token", "upstream_neuron", "upstream_head", "downstream_neuron", "downstream_head")
 
 
 def _table_names(store: Store) -> list[str]:
@@ -208,6 +212,117 @@ def deletion_counts(store: Store, threshold: float) -> pa.Table:
     )
 
 
+# --- heads, their composition, neuron circuits ---------------------------------------------
+
+
+def _head_score(column: str) -> str:
+    if column not in HEAD_SCORE_COLUMNS:
+        raise KeyError(f"heads has no score column {column!r}")  # only schema identifiers reach the SQL
+    return column
+
+
+def head_range(store: Store) -> pa.Table:
+    """One row: smallest and largest layer, largest head index and the number of heads in `heads`."""
+    return store.sql("SELECT min(layer) AS lo, max(layer) AS hi, max(head) AS max_head, count(*) AS n_heads "
+                     "FROM heads", [])
+
+
+def head_catalogue(store: Store, layer_lo: int, layer_hi: int, sort_by: str = "layer") -> pa.Table:
+    """Heads of layers [layer_lo, layer_hi] with every score and their first OV copy and suppress
+    tokens; ordered by `sort_by` (a score column, largest first, nulls last) or by layer, head."""
+    scores = ", ".join(f'"{c}"' for c in HEAD_SCORE_COLUMNS)
+    order = "layer, head" if sort_by == "layer" else f'"{_head_score(sort_by)}" DESC NULLS LAST, layer, head'
+    return store.sql(
+        f"SELECT layer, head, {scores}, ov_copy_tokens[1:?] AS ov_copy_tokens, "
+        f"ov_suppress_tokens[1:?] AS ov_suppress_tokens FROM heads WHERE layer BETWEEN ? AND ? ORDER BY {order}",
+        [N_VALUE_TOKENS, N_VALUE_TOKENS, layer_lo, layer_hi],
+    )
+
+
+def head_matrix(store: Store, column: str) -> pa.Table:
+    """(layer, head, value) of one score column for every head: the layer x head heatmap."""
+    return store.sql(f'SELECT layer, head, "{_head_score(column)}" AS value FROM heads ORDER BY layer, head', [])
+
+
+def head(store: Store, layer: int, head: int) -> pa.Table:
+    """The `heads` row of one head (zero rows if there is none)."""
+    return store.sql("SELECT * FROM heads WHERE layer = ? AND head = ?", [layer, head])
+
+
+def head_examples(store: Store, layer: int, head: int) -> pa.Table:
+    """One head's top examples by rank, each with its attention row, block and window tokens."""
+    return store.sql(
+        """
+        SELECT rank, seq_id, pos, src_pos, attention, pattern, block_start, block, context_tokens
+        FROM head_examples WHERE layer = ? AND head = ? ORDER BY rank
+        """,
+        [layer, head],
+    )
+
+
+def head_neighbours(store: Store, layer: int, head: int) -> pa.Table:
+    """The heads just before and after (layer, head) in (layer, head) order: columns (direction,
+    layer, head), direction 'prev' or 'next'; a missing side has no row."""
+    return store.sql(
+        """
+        (SELECT 'prev' AS direction, layer, head FROM heads
+          WHERE layer < ? OR (layer = ? AND head < ?) ORDER BY layer DESC, head DESC LIMIT 1)
+        UNION ALL
+        (SELECT 'next' AS direction, layer, head FROM heads
+          WHERE layer > ? OR (layer = ? AND head > ?) ORDER BY layer, head LIMIT 1)
+        """,
+        [layer, layer, head, layer, layer, head],
+    )
+
+
+def head_partners(store: Store, layer: int, head: int, n: int) -> pa.Table:
+    """A head's strongest composition partners both ways: direction 'upstream' (earlier heads whose
+    output this head's q/k/v reads) and 'downstream' (later heads reading its output), the top `n`
+    of each by score (any kind), with (other_layer, other_head, kind, score, baseline)."""
+    return store.sql(
+        """
+        WITH up AS (
+            SELECT 'upstream' AS direction, src_layer AS other_layer, src_head AS other_head, kind, score, baseline
+            FROM head_composition WHERE dst_layer = ? AND dst_head = ?
+            ORDER BY score DESC, src_layer, src_head, kind LIMIT ?
+        ), down AS (
+            SELECT 'downstream' AS direction, dst_layer AS other_layer, dst_head AS other_head, kind, score, baseline
+            FROM head_composition WHERE src_layer = ? AND src_head = ?
+            ORDER BY score DESC, dst_layer, dst_head, kind LIMIT ?
+        )
+        SELECT * FROM (SELECT * FROM up UNION ALL SELECT * FROM down)
+        ORDER BY direction DESC, score DESC, other_layer, other_head, kind
+        """,
+        [layer, head, n, layer, head, n],
+    )
+
+
+def strongest_compositions(store: Store, kinds: Sequence[str], min_margin: float, n: int,
+                           min_score: float = 0.0) -> pa.Table:
+    """The `n` strongest compositions across the model of the given kinds whose score is at least
+    `min_score` and exceeds its baseline by at least `min_margin`: `head_composition` rows plus
+    `margin` (score - baseline), strongest first."""
+    cols = ", ".join(HEAD_COMPOSITION.column_names)
+    return store.sql(
+        f"""
+        SELECT {cols}, score - baseline AS margin FROM head_composition
+        WHERE list_contains(?::VARCHAR[], kind) AND score >= ? AND score - baseline >= ?
+        ORDER BY score DESC, src_layer, src_head, dst_layer, dst_head, kind LIMIT ?
+        """,
+        [[str(k) for k in kinds], float(min_score), float(min_margin), n],
+    )
+
+
+def neuron_circuits(store: Store, layer: int, neuron: int) -> pa.Table:
+    """One neuron's `neuron_circuits` rows, by relation (in CIRCUIT_RELATIONS order) and rank."""
+    cols = ", ".join(c for c in NEURON_CIRCUITS.column_names if c not in ("layer", "neuron"))
+    return store.sql(
+        f"SELECT {cols} FROM neuron_circuits WHERE layer = ? AND neuron = ? "
+        "ORDER BY list_position(?::VARCHAR[], relation), relation, rank",
+        [layer, neuron, list(CIRCUIT_RELATIONS)],
+    )
+
+
 EXAMPLE_QUERIES: dict[str, str] = {
     "Neurons that fire hardest on a token (here ' the')": """\
 -- activation records at the positions where the token is ' the'
@@ -246,4 +361,19 @@ JOIN tokens t ON t.seq_id = e.seq_id AND t.pos = e.pos
 JOIN documents d ON d.doc_id = t.doc_id
 WHERE e.layer = 0 AND e.neuron = 0 AND e.kind = 'top'
 ORDER BY e.rank""",
+    "Induction heads: attention to the token after an earlier copy": """\
+-- rand_induction_score: on repeated random tokens; induction_score: on the corpus
+SELECT layer, head, rand_induction_score, induction_score, prev_token_score, ov_copying_score
+FROM heads
+ORDER BY rand_induction_score DESC
+LIMIT 10""",
+    "Previous-token heads feeding induction heads (K-composition)": """\
+SELECT c.src_layer, c.src_head, p.prev_token_score, c.dst_layer, c.dst_head,
+       i.rand_induction_score, c.score, c.baseline
+FROM head_composition c
+JOIN heads p ON p.layer = c.src_layer AND p.head = c.src_head
+JOIN heads i ON i.layer = c.dst_layer AND i.head = c.dst_head
+WHERE c.kind = 'k'
+ORDER BY c.score * p.prev_token_score * i.rand_induction_score DESC
+LIMIT 20""",
 }

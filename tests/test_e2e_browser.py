@@ -1,9 +1,11 @@
 """End to end: `mechscope serve` on a synthetic store, driven by Debian's Chromium via Playwright.
 
 Catches what AppTest cannot: the real server, routing by URL (deep links), the browser's own
-rendering of token HTML (an XSS token must show as text and fire nothing), and the SQL console
-round trip. Screenshots go to tests/artifacts/ (gitignored). Skipped only when /usr/bin/chromium
-is absent (`make browser` installs it). Headless AppTest coverage is `tests/test_dashboard.py`.
+rendering of token HTML (an XSS token must show as text and fire nothing), the SQL console
+round trip, widgets writing their values into the URL, and the charts' links (a head-matrix
+cell or a circuits-graph node opens its head page). Screenshots go to tests/artifacts/
+(gitignored). Skipped only when /usr/bin/chromium is absent (`make browser` installs it).
+Headless AppTest coverage is `tests/test_dashboard.py`.
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ def test_deletion_page(page, server):
     first = page.get_by_role("link", name="#1 · layer 1, neuron 5", exact=False)
     first.wait_for()
     page.locator("svg.marks, canvas").first.wait_for()  # the per-layer chart
+    page.locator(".ms-focus").nth(16 * 3 - 1).wait_for()  # each card's examples arrive after its link
     assert page.locator(".ms-focus").count() == 16 * 3  # three examples per neuron, inline
     assert page.locator('img[src="x"]').count() == 0 and page.dialogs == []  # L1/N3's token is text here too
     _shot(page, "deletion")
@@ -165,6 +168,46 @@ def test_neuron_deep_link_escapes_tokens(page, server):
 def test_bad_neuron_link_is_a_notice(page, server):
     _open(page, f"{server}/neuron?layer=abc&neuron=1", "not a whole number")
     assert page.get_by_text("Traceback").count() == 0
+
+
+def test_head_page_escapes_tokens_and_links_partners(page, server):
+    _open(page, f"{server}/head?layer=0&head=3", "Layer 0, head 3")
+    page.get_by_text("Top examples").wait_for()
+    page.locator("svg.marks, canvas").nth(1).wait_for()  # the block heatmap and attention by offset
+    source = page.locator(".ms-src").first  # example #0 attends to the XSS token
+    assert source.inner_text() == XSS_TOKEN and page.locator(".ms-dest").count() == 5
+    assert page.locator('img[src="x"]').count() == 0 and page.dialogs == []
+    _shot(page, "head")
+    page.get_by_role("link", name="L1/H0 reads this head with its V: 0.410", exact=False).click()
+    page.wait_for_url("**/head?layer=1&head=0")
+    page.get_by_text("Layer 1, head 0").wait_for()
+
+
+def test_head_catalogue_cell_opens_its_head(page, server):
+    _open(page, f"{server}/heads?score=prev_token_score", "sorted by prev_token_score")
+    cells = page.locator('[data-testid="stVegaLiteChart"] svg.marks g.mark-rect path')
+    cells.nth(7).wait_for()  # 2 layers x 4 heads, in (layer, head) order
+    _shot(page, "heads")
+    page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]').click()  # choose another score
+    page.get_by_role("option", name="bos_score", exact=True).click()
+    page.wait_for_url("**/heads?score=bos_score")  # the chosen score is in the shareable URL
+    page.get_by_text("sorted by bos_score").wait_for()
+    cells.nth(1).click()  # layer 0, head 1: the previous-token head
+    page.wait_for_url("**/head?layer=0&head=1")
+    page.get_by_text("Layer 0, head 1").wait_for()
+
+
+def test_circuits_filters_in_the_url_and_nodes_link(page, server):
+    _open(page, f"{server}/circuits?kind=k&kind=v&margin=0.2", "2 edges")
+    nodes = page.locator('[data-testid="stVegaLiteChart"] svg.marks g.mark-symbol path')
+    nodes.nth(7).wait_for()  # every head is a node
+    _shot(page, "circuits")
+    page.get_by_role("slider").press("ArrowRight")  # margin 0.20 -> 0.21: the URL follows
+    page.wait_for_url("**margin=0.21**")
+    page.get_by_text("score − baseline ≥ 0.21").wait_for()
+    nodes.nth(6).click()  # layer 1, head 2: the induction head
+    page.wait_for_url("**/head?layer=1&head=2")
+    page.get_by_text("Layer 1, head 2").wait_for()
 
 
 def test_sql_console(page, server):

@@ -2,7 +2,8 @@
 
 Top activating examples and band samples as token heatmaps (one colour scale per neuron: its
 max), the activation histogram, the key-value view (tokens it promotes and suppresses), the
-deletion score, and links to the previous and next neuron. Bad or unknown parameters give a
+deletion score, its circuits (input tokens, upstream and downstream neurons and heads, when the
+store has them), and links to the previous and next neuron. Bad or unknown parameters give a
 notice and a picker, never a traceback. Queries: `data.py`; HTML: `render.py`; charts: `charts.py`.
 """
 
@@ -11,6 +12,9 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, data, nav, render
+
+CIRCUIT_SECTIONS = ("upstream_neuron", "upstream_head", "downstream_neuron", "downstream_head")
+CIRCUIT_TITLES = ("Upstream neurons", "Upstream heads", "Downstream neurons", "Downstream heads")
 
 path = nav.current()
 params = st.query_params
@@ -40,7 +44,8 @@ problem = None
 if raw_layer is None and raw_neuron is None:
     problem = "Pick a neuron (or open one from the catalogue)."
 elif layer is None or neuron is None:
-    bad = [f"{k}={v!r}" for k, v, n in (("layer", raw_layer, layer), ("neuron", raw_neuron, neuron)) if n is None]
+    bad = [render.md_escape(f"{k}={v!r}")
+           for k, v, n in (("layer", raw_layer, layer), ("neuron", raw_neuron, neuron)) if n is None]
     problem = f"The link's {' and '.join(bad)} is not a whole number: use `?layer=3&neuron=17`."
 row = None if problem else data.neuron(path, layer, neuron)
 if problem is None and row is None:
@@ -102,6 +107,30 @@ with right:
     for other, cos in zip(row.get("nbr_neurons") or [], row.get("nbr_cos") or [], strict=False):
         st.page_link(nav.NEURON, label=f"L{layer}/N{other} · cos {cos:+.3f}",
                      query_params=render.neuron_query(layer, int(other)))
+
+st.markdown("#### Input tokens")
+if nav.has_table(path, "neuron_circuits"):
+    circuits = data.neuron_circuits(path, layer, neuron)
+    inputs = circuits.get("input_token", [])
+    st.caption("Tokens whose embeddings excite this neuron most, through the residual stream straight into its "
+               "input weights (virtual weights, norms folded in).")
+    st.html(render.weighted_tokens_html([r["other_token"] for r in inputs], [r["weight"] for r in inputs]))
+    st.markdown("#### Upstream / downstream")
+    st.caption("The neurons and heads whose output this neuron's input weights read most strongly (upstream: "
+               "earlier layers, and the heads of its own layer, which run before its MLP), and those that read "
+               "its output most strongly (downstream), by virtual weight.")
+    columns = st.columns(4)
+    for col, relation, title in zip(columns, CIRCUIT_SECTIONS, CIRCUIT_TITLES, strict=True):
+        col.markdown(f"**{title}**")
+        for r in circuits.get(relation, []):
+            other_layer, other = int(r["other_layer"]), int(r["other_index"])
+            is_head = relation.endswith("_head")
+            col.page_link(nav.HEAD if is_head else nav.NEURON,
+                          label=(render.head_label(other_layer, other) if is_head else f"L{other_layer}/N{other}")
+                          + f" · weight {r['weight']:+.3f}",
+                          query_params=(render.head_query if is_head else render.neuron_query)(other_layer, other))
+        if not circuits.get(relation):
+            col.caption("none")
 
 hist = data.manifest(path).get("histogram") or {}
 bin_ranges = hist.get("bin_ranges") or []

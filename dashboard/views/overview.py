@@ -34,13 +34,15 @@ st.markdown(
 )
 
 st.subheader("Explore")
-links = st.columns(2) + st.columns(2)  # two rows: the labels stay whole
+links = st.columns(2) + st.columns(2) + st.columns(2)  # rows of two: the labels stay whole
 links[0].page_link(nav.CATALOGUE, label="Neuron catalogue: filter, search, open a neuron", icon=":material/table_rows:")
 links[1].page_link(nav.DELETION, label="Deletion neurons: those that erase what they read",
                    icon=":material/remove_circle:")
 links[2].page_link(nav.SQL, label="SQL console: ask your own questions", icon=":material/terminal:")
 links[3].page_link(nav.NEURON, label="Neuron page: layer 0, neuron 0", icon=":material/neurology:",
                    query_params=render.neuron_query(0, 0))
+links[4].page_link(nav.HEADS, label="Head catalogue: attention heads by score", icon=":material/grid_view:")
+links[5].page_link(nav.CIRCUITS, label="Circuits: how heads compose", icon=":material/hub:")
 
 summary = data.layer_summary(path)
 if summary.empty:
