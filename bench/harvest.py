@@ -7,9 +7,12 @@ Runs, interleaved in one process so that machine noise hits every variant alike:
 - forward (with unembedding): the bridge's full forward to logits;
 - bridge forward to the last `mlp.hook_post`: what the harvest runs, without its statistics
   (so harvest / this = the cost of the statistics alone);
-- harvest: mechscope's neuron statistics (moments, top-k with context, records, histogram,
-  band samples) fed from `mlp.hook_post` hooks, with the native CPU kernels (the default on a
-  CPU) and with torch ops only (what runs on other devices, or without a C compiler);
+- harvest: every statistic of the registry (neurons from `mlp.hook_post`, heads from
+  `attn.hook_pattern`), as a build runs it;
+- harvest, neuron statistics only (moments, top-k with context, records, histogram, band
+  samples), with the native CPU kernels (the default on a CPU) and with torch ops only (what
+  runs on other devices, or without a C compiler); harvest / this = the cost of the head
+  statistics;
 - naive: `run_with_cache` of every hook, then per layer a full sort of each neuron's
   activations and a merge with the running top-k (what a first script would do).
 Then, in subprocesses, peak RSS of the harvest over 1x and 4x the corpus, and the store size
@@ -36,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline import hooks  # noqa: E402
 from pipeline.harvest import Harvest, run_through  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
-from pipeline.stats import StatsConfig, native  # noqa: E402
+from pipeline.stats import StatsConfig, native, registry  # noqa: E402
 
 
 def _batches(model, n: int, batch_size: int, seq_len: int):
@@ -74,7 +77,8 @@ def throughput(args) -> dict:
     hf = model.bridge.original_model
     blocks = getattr(hf, "transformer", None) or hf.model
     harvest = Harvest(model, config)
-    harvest_torch = Harvest(model, config, use_native=False)
+    neurons_only = Harvest(model, config, statistics=registry.NEURON_STATISTICS)
+    harvest_torch = Harvest(model, config, use_native=False, statistics=registry.NEURON_STATISTICS)
     naive = Naive(model, config.top_k)
     last_mlp = hooks.point("mlp_post", model.n_layers - 1)
     tok = lambda b: torch.from_numpy(b.token_ids).long()  # noqa: E731
@@ -83,7 +87,10 @@ def throughput(args) -> dict:
         "bridge forward to last mlp.hook_post": lambda b: run_through(model, tok(b), [], last_mlp),
         "forward (with unembedding)": lambda b: model.bridge(tok(b)),
         "harvest (mechscope)": lambda b: harvest.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0),
-        "harvest, torch ops only": lambda b: harvest_torch.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0),
+        "harvest, neuron statistics only": lambda b: neurons_only.process(int(b.seq_ids[0]), b.token_ids,
+                                                                          b.doc_ids < 0),
+        "harvest, neurons, torch ops only": lambda b: harvest_torch.process(int(b.seq_ids[0]), b.token_ids,
+                                                                            b.doc_ids < 0),
         "naive (run_with_cache + sort)": lambda b: naive.process(tok(b)),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -92,7 +99,8 @@ def throughput(args) -> dict:
         # until the lists fill); a real build of 1M tokens spends ~1% of its batches there.
         for b in batches[: args.warmup]:
             variants["harvest (mechscope)"](b)
-            variants["harvest, torch ops only"](b)
+            variants["harvest, neuron statistics only"](b)
+            variants["harvest, neurons, torch ops only"](b)
             variants["naive (run_with_cache + sort)"](b)
         for b in batches[args.warmup :]:
             for name, fn in variants.items():
@@ -166,7 +174,10 @@ def main() -> None:
     rates = throughput(args)
     base = rates["forward (blocks only)"]
     rows = [(name, f"{r:,.0f}", f"{r / base:.2f}x") for name, r in rates.items()]
+    heads_cost = rates["harvest, neuron statistics only"] / rates["harvest (mechscope)"]
+    rows.append(("harvest time, all / neuron statistics only", f"{heads_cost:.3f}", ""))
     results: dict = {"args": vars(args), "tokens_per_s": rates, "torch_threads": torch.get_num_threads(),
+                     "harvest_time_all_over_neurons_only": heads_cost,
                      "native_kernels": native.library() is not None}
     if not args.skip_memory:
         m1, m4 = peak_rss(args, args.mem_batches), peak_rss(args, 4 * args.mem_batches)

@@ -57,16 +57,22 @@ class BuildParams:
 
 def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: bool = False,
           checkpoint_every_s: float = 120.0, progress: bool = True, stop_after_windows: int | None = None,
-          ) -> Path:
-    """Build a store at `out`. `stop_after_windows` (tests) writes a checkpoint and raises
-    `BuildInterrupted` after that many windows, as if the process had been killed."""
+          model=None) -> Path:
+    """Build a store at `out`. `model`: an already loaded `params.model` to use (a worker that
+    builds several stores; the tests); it must not be changed while the build runs.
+    `stop_after_windows` (tests) writes a checkpoint and raises `BuildInterrupted` after that
+    many windows, as if the process had been killed."""
     writer = StoreWriter(out, resume=resume)
     try:
         corpora.check_corpus(params.corpus)
         from pipeline.models import ModelError, load_model
 
         _check_device(device)
-        model = load_model(params.model, device=device, dtype=getattr(torch, params.dtype))
+        if model is None:
+            model = load_model(params.model, device=device, dtype=getattr(torch, params.dtype))
+        elif (model.name, model.dtype) != (params.model, getattr(torch, params.dtype)):
+            raise ValueError(f"the model given is {model.name} in {model.dtype}, the build asks for "
+                             f"{params.model} in {params.dtype}")
         n_ctx = model.facts.get("n_ctx")
         if n_ctx and params.stats.seq_len > n_ctx:
             raise ModelError(f"seq_len {params.stats.seq_len} is longer than the context of model "
@@ -133,9 +139,8 @@ def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Harves
     declared = {**harvest.tables(), **{tb.name: tb for a in analysis_registry.ANALYSES for tb in a.tables}}
     parts = harvest.finalize()
     extra_manifest = {}
-    for analysis in analysis_registry.ANALYSES:
-        _say(progress, f"analysis: {analysis.name}")
-        out = dict(analysis.run(model, params.stats))
+    analyses = analysis_registry.run_analyses(model, params.stats, lambda name: _say(progress, f"analysis: {name}"))
+    for analysis, out in analyses:
         if analysis_registry.MANIFEST_KEY in out:
             extra_manifest[analysis.name] = out.pop(analysis_registry.MANIFEST_KEY)
         parts.append(out)

@@ -82,3 +82,12 @@ def _final_norm_scale(bridge) -> Tensor | None:
         with torch.no_grad():
             return 1.0 + weight
     return weight
+
+
+def weights_state(model) -> tuple:
+    """What identifies the weights a loaded model holds right now, cheaply: its name and source,
+    and each parameter's storage address and torch's in-place version counter (which every
+    in-place write bumps, also under no_grad: a planted change shows). Equal only for the same
+    loaded model with untouched weights."""
+    params = model.bridge.original_model.state_dict(keep_vars=True).values()
+    return model.name, model.source, tuple((t.data_ptr(), t._version) for t in params)

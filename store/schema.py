@@ -223,8 +223,8 @@ HEADS = Table(
         _HEAD,
         _c("count", pa.int64(), "Query positions the corpus scores cover (BOS excluded)."),
         _c("repeat_count", pa.int64(),
-           "Query positions whose token occurs earlier in the same window (duplicate and induction "
-           "scores cover these only)."),
+           "Query positions whose token occurs earlier in the same window at a non-BOS position "
+           "(duplicate and induction scores cover these only)."),
         _c("prev_token_score", pa.float32(), "Mean attention to the position just before the query."),
         _c("self_score", pa.float32(), "Mean attention to the query's own position."),
         _c("bos_score", pa.float32(),
@@ -233,15 +233,17 @@ HEADS = Table(
            "Mean attention to earlier positions holding the query's own token (rows with such a position).",
            nullable=True),
         _c("induction_score", pa.float32(),
-           "Mean attention to positions right after an earlier occurrence of the query's token "
-           "(rows with such a position): the induction pattern [A][B] ... [A] -> [B].",
+           "Mean attention to positions right after an earlier occurrence of the query's token, averaged "
+           "over the repeat_count rows (that position may be the query itself, never a BOS): the "
+           "induction pattern [A][B] ... [A] -> [B].",
            nullable=True),
         _c("entropy_nats", pa.float32(), "Mean entropy of the query's attention distribution, in nats."),
         _c("attn_distance_tokens", pa.float32(),
            "Mean distance from the query to where it attends, sum over keys of pattern * (query - key)."),
         _c("attn_by_offset", pa.list_(pa.float32()),
-           f"Mean attention at offsets 0 .. {_OFFSETS - 1} (key = query - offset) over the corpus: "
-           "the head's positional preference as measured (rotary models show it only here)."),
+           f"Mean attention at offsets 0 .. {_OFFSETS - 1} (key = query - offset) over the corpus, "
+           "averaged over all scored rows (0 where the offset reaches before position 0): the head's "
+           "positional preference as measured (rotary models show it only here)."),
         _c("rand_prev_token_score", pa.float32(),
            "Previous-token score on repeated random tokens (BOS + R random tokens + the same R again), "
            "on the second copy; mean attention mass."),
@@ -252,18 +254,20 @@ HEADS = Table(
            "the first copy (the standard induction metric, as a mass; TransformerLens's detect_head 'mul' "
            "default reports about half of this for a perfect head)."),
         _c("ov_copying_score", pa.float32(),
-           "OV circuit eigenvalue copying score sum(eig)/sum(|eig|) of W_E W_V W_O W_U in token space "
-           "(norms folded into copies of the weights): +1 copies the attended token, -1 suppresses it."),
+           "OV circuit eigenvalue copying score Re(sum(eig))/sum(|eig|) of W_E W_V W_O W_U in token space "
+           "(norms folded into copies of the weights, W_U centred over the vocabulary): +1 copies the "
+           "attended token, -1 suppresses it."),
         _c("ov_copy_token_ids", pa.list_(pa.int32()),
            "Tokens the OV circuit raises most when the head attends to that same token (largest diagonal "
-           "entries of the token-space OV circuit)."),
+           "entries of the token-space OV circuit, relative to the mean logit)."),
         _c("ov_copy_tokens", pa.list_(pa.string()), "Those tokens as text."),
         _c("ov_suppress_token_ids", pa.list_(pa.int32()),
            "Tokens the OV circuit lowers most when the head attends to that same token (smallest diagonal)."),
         _c("ov_suppress_tokens", pa.list_(pa.string()), "Those tokens as text."),
         _c("qk_pos_by_offset", pa.list_(pa.float32()),
            f"From the weights (learned position embeddings only): attention at offsets 0 .. {_OFFSETS - 1} "
-           "that the positional part of the QK circuit alone would give, averaged over query positions. "
+           "that the positional part of the QK circuit alone would give, averaged over query positions "
+           "1 .. 127 (a row without that key counts 0). "
            "Null for rotary models, whose weights fix no positional preference without the tokens.",
            nullable=True),
     ),
@@ -273,8 +277,8 @@ HEADS = Table(
 
 HEAD_EXAMPLES = Table(
     "head_examples",
-    "Evidence per head: the query positions where its strongest attention to a non-BOS position "
-    "is largest over the corpus (rank 0 first; ties broken by earlier position), each with its "
+    "Evidence per head: the query positions (BOS queries excluded) where its strongest attention to "
+    "a non-BOS position is largest over the corpus (rank 0 first; ties broken by earlier position), each with its "
     "attention row and a square block of the pattern around it.",
     (
         _LAYER,
@@ -320,9 +324,14 @@ HEAD_COMPOSITION = Table(
 
 NEURON_CIRCUITS = Table(
     "neuron_circuits",
-    "Weight-based connections of each MLP neuron (virtual weights through the residual stream, "
-    "norm weights folded into copies): the tokens whose embeddings excite it most, and its strongest "
-    "upstream and downstream neurons and heads.",
+    "Weight-based connections of each MLP neuron through the residual stream (norm weights folded "
+    "into copies of the weights): the tokens whose embeddings excite it most, and its strongest "
+    "upstream and downstream neurons and heads. `weight` by relation: input_token, the neuron's "
+    "pre-activation from the normalised token embedding alone (biases included); upstream_neuron / "
+    "downstream_neuron, the signed virtual weight w_out(src) . w_in(dst) (ranked by magnitude); "
+    "upstream_head, ||W_V W_O w_in|| (heads in layers up to the neuron's, the attention before the "
+    "MLP included); downstream_head, ||w_out [W_QK | W_KQ | W_OV]|| over the later head's circuits "
+    "(both >= 0, independent of the basis inside the head).",
     (
         _LAYER,
         _NEURON,
@@ -332,7 +341,7 @@ NEURON_CIRCUITS = Table(
         _c("other_layer", pa.int16(), "Layer of the other neuron or head (null for tokens).", nullable=True),
         _c("other_index", pa.int32(), "The other neuron's or head's index, or the token id."),
         _c("other_token", pa.string(), "The token as text (input_token rows; null otherwise).", nullable=True),
-        _c("weight", pa.float32(), "The connection's weight (see the README for each relation's definition)."),
+        _c("weight", pa.float32(), "The connection's strength, as the table description defines it per relation."),
     ),
     ("layer", "neuron", "relation", "rank"),
     family="circuits",

@@ -8,6 +8,7 @@ module plus an entry here: nothing in `harvest.py` or `build.py` names one.
 
 from __future__ import annotations
 
+from pipeline.stats.heads import HeadPatterns
 from pipeline.stats.histogram import Histogram
 from pipeline.stats.moments import Moments
 from pipeline.stats.top import TopActivations
@@ -19,4 +20,7 @@ NEURON_STATISTICS = (
     Histogram.create,
 )
 
-STATISTICS = (*NEURON_STATISTICS,)
+# Per attention head, read at every layer's attn.hook_pattern.
+HEAD_STATISTICS = (HeadPatterns.create,)
+
+STATISTICS = (*NEURON_STATISTICS, *HEAD_STATISTICS)
