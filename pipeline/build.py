@@ -65,18 +65,7 @@ def build(params: BuildParams, out: str | Path, *, device: str = "cpu", resume: 
     writer = StoreWriter(out, resume=resume)
     try:
         corpora.check_corpus(params.corpus)
-        from pipeline.models import ModelError, load_model
-
-        _check_device(device)
-        if model is None:
-            model = load_model(params.model, device=device, dtype=getattr(torch, params.dtype))
-        elif (model.name, model.dtype) != (params.model, getattr(torch, params.dtype)):
-            raise ValueError(f"the model given is {model.name} in {model.dtype}, the build asks for "
-                             f"{params.model} in {params.dtype}")
-        n_ctx = model.facts.get("n_ctx")
-        if n_ctx and params.stats.seq_len > n_ctx:
-            raise ModelError(f"seq_len {params.stats.seq_len} is longer than the context of model "
-                             f"{params.model!r} ({n_ctx} tokens)")
+        model = _model(params, device, model)
     except Exception:  # any failure before the pass: remove the .partial folder we made, then re-raise
         if not resume:
             writer.abort()
@@ -182,6 +171,23 @@ def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Harves
 def _say(enabled: bool, what: str) -> None:
     if enabled:
         print(f"mechscope: {what}", file=sys.stderr, flush=True)
+
+
+def _model(params: BuildParams, device: str, model=None):
+    """The loaded model for a build (`model` if given, checked), or ModelError in one line."""
+    from pipeline.models import ModelError, load_model
+
+    _check_device(device)
+    if model is None:
+        model = load_model(params.model, device=device, dtype=getattr(torch, params.dtype))
+    elif (model.name, model.dtype) != (params.model, getattr(torch, params.dtype)):
+        raise ValueError(f"the model given is {model.name} in {model.dtype}, the build asks for "
+                         f"{params.model} in {params.dtype}")
+    n_ctx = model.facts.get("n_ctx")
+    if n_ctx and params.stats.seq_len > n_ctx:
+        raise ModelError(f"seq_len {params.stats.seq_len} is longer than the context of model "
+                         f"{params.model!r} ({n_ctx} tokens)")
+    return model
 
 
 def _check_device(device: str) -> None:
