@@ -1,4 +1,5 @@
-"""Shared fixtures: GPT-2's real tokenizer (offline); a clean exit after the summary."""
+"""Shared fixtures: GPT-2's real tokenizer (offline), the trained induction model; a clean exit
+after the summary."""
 
 import pytest
 
@@ -14,6 +15,14 @@ def gpt2_tokenizer():
     assert tok("Hello world, the quick brown fox", add_special_tokens=False)["input_ids"] == [
         15496, 995, 11, 262, 2068, 7586, 21831]
     return tok
+
+
+@pytest.fixture(scope="session")
+def induction_model(tmp_path_factory):
+    """The attention-only 2-layer model trained once per session (`tests/trained_induction.py`)."""
+    from trained_induction import shared_induction_model
+
+    return shared_induction_model(tmp_path_factory)
 
 
 _exit_status = 0

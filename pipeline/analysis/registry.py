@@ -39,11 +39,14 @@ def _neuron_weights(model, config) -> dict:
 def _random_repeats(model, config) -> dict:
     import numpy as np
 
-    from pipeline.analysis.induction_probe import random_repeat_scores
+    from pipeline.analysis.induction_probe import LENGTH, N_SEQS, random_repeat_scores
 
     keys = {"layer": np.repeat(np.arange(model.n_layers, dtype=np.int16), model.n_heads),
             "head": np.tile(np.arange(model.n_heads, dtype=np.int16), model.n_layers)}
-    return {"heads": {**keys, **random_repeat_scores(model)}}
+    n_ctx = model.facts.get("n_ctx") or 2 * LENGTH + 1
+    length = min(LENGTH, (n_ctx - 1) // 2)  # BOS + R + R must fit the model's context
+    return {"heads": {**keys, **random_repeat_scores(model, length=length)},
+            "manifest": {"n_seqs": N_SEQS, "length": length, "seed": 0}}
 
 
 def _head_weights(model, config) -> dict:
