@@ -256,7 +256,13 @@ def _argmax(scores: list[list[float]]) -> tuple[int, int]:
 def train_induction_model(folder: Path, threads: int | None = THREADS, steps: int = STEPS) -> InductionModelFacts:
     """Train the model (module docstring), save it with GPT-2's tokenizer into `folder` and
     measure its heads on held-out repeated sequences. `threads` (None: leave torch's setting)
-    applies during training only."""
+    applies during training only. Gradients are switched on here: code that ran earlier in the
+    session (e.g. a library's load path) may have left torch's global grad mode off."""
+    with torch.enable_grad():
+        return _train_induction_model(folder, threads, steps)
+
+
+def _train_induction_model(folder: Path, threads: int | None, steps: int) -> InductionModelFacts:
     from transformers import AutoModelForCausalLM
 
     from pipeline.models import gpt2_tokenizer_folder
