@@ -8,7 +8,11 @@ Runs, interleaved in one process so that machine noise hits every variant alike:
 - bridge forward to the last `mlp.hook_post`: what the harvest runs, without its statistics
   (so harvest / this = the cost of the statistics alone);
 - harvest: every statistic of the registry (neurons from `mlp.hook_post`, heads from
-  `attn.hook_pattern`), as a build runs it;
+  `attn.hook_pattern`, the logit lens from the residual stream and `hook_z`), as a build runs it;
+- harvest without the logit lens, and with the lens's hooks but no position sampled: the lens
+  decodes whole spans in a few batches only, so its cost is measured in two parts, the hooks
+  (these two variants) and the decoding (seconds per position on one fully sampled window, times
+  the default share of positions); the means over the timed batches are printed too;
 - harvest, neuron statistics only (moments, top-k with context, records, histogram, band
   samples), with the native CPU kernels (the default on a CPU) and with torch ops only (what
   runs on other devices, or without a C compiler); harvest / this = the cost of the head
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -77,6 +82,8 @@ def throughput(args) -> dict:
     hf = model.bridge.original_model
     blocks = getattr(hf, "transformer", None) or hf.model
     harvest = Harvest(model, config)
+    no_lens = Harvest(model, config, statistics=(*registry.NEURON_STATISTICS, *registry.HEAD_STATISTICS))
+    lens_hooks = Harvest(model, replace(config, lens_sample_shift=40))  # the lens's hooks, no position sampled
     neurons_only = Harvest(model, config, statistics=registry.NEURON_STATISTICS)
     harvest_torch = Harvest(model, config, use_native=False, statistics=registry.NEURON_STATISTICS)
     naive = Naive(model, config.top_k)
@@ -87,6 +94,9 @@ def throughput(args) -> dict:
         "bridge forward to last mlp.hook_post": lambda b: run_through(model, tok(b), [], last_mlp),
         "forward (with unembedding)": lambda b: model.bridge(tok(b)),
         "harvest (mechscope)": lambda b: harvest.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0),
+        "harvest without the logit lens": lambda b: no_lens.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0),
+        "harvest, lens hooks but no position sampled": lambda b: lens_hooks.process(int(b.seq_ids[0]), b.token_ids,
+                                                                                     b.doc_ids < 0),
         "harvest, neuron statistics only": lambda b: neurons_only.process(int(b.seq_ids[0]), b.token_ids,
                                                                           b.doc_ids < 0),
         "harvest, neurons, torch ops only": lambda b: harvest_torch.process(int(b.seq_ids[0]), b.token_ids,
@@ -108,7 +118,29 @@ def throughput(args) -> dict:
                 fn(b)
                 times[name].append(time.perf_counter() - t)
     n_tok = args.batch_size * args.seq_len
-    return {name: n_tok / statistics.median(ts) for name, ts in times.items()}
+    rates = {name: n_tok / statistics.median(ts) for name, ts in times.items()}
+    # The lens decodes whole spans of a few batches only: its cost shows in the mean, not the median.
+    rates["harvest (mechscope), mean over batches"] = n_tok / statistics.mean(times["harvest (mechscope)"])
+    rates["harvest without the logit lens, mean over batches"] = n_tok / statistics.mean(
+        times["harvest without the logit lens"])
+    return rates
+
+
+def lens_decode_s(args, model, config) -> float:
+    """Seconds per decoded position: one window with every position sampled, against the same
+    window with none (the difference is the decoding; the hooks are in both)."""
+    (b,) = _batches(model, 1, 1, args.seq_len)
+    every = Harvest(model, replace(config, lens_sample_shift=0), statistics=registry.LENS_STATISTICS)
+    none = Harvest(model, replace(config, lens_sample_shift=40), statistics=registry.LENS_STATISTICS)
+    with torch.no_grad():
+        t = time.perf_counter()
+        none.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0)
+        t_none = time.perf_counter() - t
+        t = time.perf_counter()
+        every.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0)
+        t_every = time.perf_counter() - t
+    n = int((b.doc_ids >= 0).sum())
+    return (t_every - t_none) / n
 
 
 def peak_rss(args, n_batches: int) -> float:
@@ -174,10 +206,27 @@ def main() -> None:
     rates = throughput(args)
     base = rates["forward (blocks only)"]
     rows = [(name, f"{r:,.0f}", f"{r / base:.2f}x") for name, r in rates.items()]
-    heads_cost = rates["harvest, neuron statistics only"] / rates["harvest (mechscope)"]
-    rows.append(("harvest time, all / neuron statistics only", f"{heads_cost:.3f}", ""))
+    heads_cost = rates["harvest, neuron statistics only"] / rates["harvest without the logit lens"]
+    rows.append(("harvest time, neurons + heads / neuron statistics only", f"{heads_cost:.3f}", ""))
+    # the logit lens at the default budget: its hooks (measured) plus its decoding (seconds per
+    # position, measured on one window, times the positions a token brings: 1 / 2^shift)
+    model = load_model(args.model, dtype=getattr(torch, args.dtype))
+    per_position = lens_decode_s(args, model, StatsConfig(seq_len=args.seq_len))
+    t_token = 1 / rates["harvest without the logit lens"]
+    hooks_cost = rates["harvest without the logit lens"] / rates["harvest, lens hooks but no position sampled"] - 1
+    decode_cost = per_position / 2 ** StatsConfig().lens_sample_shift / t_token
+    observed = rates["harvest without the logit lens, mean over batches"] / rates[
+        "harvest (mechscope), mean over batches"] - 1
+    rows += [("logit lens: decoding one position", f"{per_position * 1e3:,.1f} ms", ""),
+             ("logit lens added: hooks (measured)", f"{hooks_cost:+.1%}", ""),
+             (f"logit lens added: decoding, 1/{2 ** StatsConfig().lens_sample_shift} of positions",
+              f"{decode_cost:+.1%}", ""),
+             ("logit lens added in all (hooks + decoding)", f"{hooks_cost + decode_cost:+.1%}", ""),
+             ("logit lens added, observed over the timed batches (means)", f"{observed:+.1%}", "")]
     results: dict = {"args": vars(args), "tokens_per_s": rates, "torch_threads": torch.get_num_threads(),
-                     "harvest_time_all_over_neurons_only": heads_cost,
+                     "harvest_time_neurons_heads_over_neurons_only": heads_cost,
+                     "lens": {"decode_s_per_position": per_position, "hooks_cost": hooks_cost,
+                              "decode_cost_default_budget": decode_cost, "observed_cost_means": observed},
                      "native_kernels": native.library() is not None}
     if not args.skip_memory:
         m1, m4 = peak_rss(args, args.mem_batches), peak_rss(args, 4 * args.mem_batches)

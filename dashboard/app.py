@@ -22,7 +22,9 @@ if _ROOT not in sys.path:  # `streamlit run` puts dashboard/ on the path, not th
 
 from dashboard import nav  # noqa: E402  (needs the path fix above)
 
-st.set_page_config(page_title="mechscope", page_icon=":material/biotech:", layout="wide")
+# The icon is a file served by this server (a Material icon or an emoji would be fetched from a
+# CDN, which fails offline); the tab title is the page's own (pages may name their subject).
+st.set_page_config(page_title=None, page_icon=str(Path(__file__).with_name("favicon.png")), layout="wide")
 
 pages = [
     st.Page(nav.OVERVIEW, title="Overview", icon=":material/home:", default=True),
@@ -32,6 +34,9 @@ pages = [
     st.Page(nav.HEADS, title="Head catalogue", icon=":material/grid_view:"),
     st.Page(nav.HEAD, title="Head", icon=":material/visibility:"),
     st.Page(nav.CIRCUITS, title="Circuits", icon=":material/hub:"),
+    st.Page(nav.LENS, title="Logit lens", icon=":material/layers:"),
+    st.Page(nav.RESIDUAL, title="Residual stream", icon=":material/stacked_line_chart:"),
+    st.Page(nav.LIVE, title="Live prompt", icon=":material/play_circle:"),
     st.Page(nav.SQL, title="SQL console", icon=":material/terminal:"),
 ]
 page = st.navigation(pages)

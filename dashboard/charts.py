@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import altair as alt
 import pandas as pd
 
+from store.histogram_bins import ZERO_BIN
+
 # Streamlit fits the whole chart (title and axes included) into its height: keep axis titles short.
 
 
@@ -30,20 +32,28 @@ def per_layer(rows: pd.DataFrame, field: str, title: str, fmt: str = ".3g") -> a
     )
 
 
+SIGN_COLOURS = {"positive": "#e66101", "negative": "#2166ac", "near zero": "#999999"}  # render.POS_RGB / NEG_RGB
+
+
 def histogram(rows: Sequence[dict], sample_fraction: float | None = None) -> alt.Chart:
     """Bars of counts over histogram bins (rows from `render.histogram_rows`) on a log count axis.
 
     Bars start at 0.5 rather than 0 (log 0 has no place on the axis), so a bin with one position
     still shows; empty bins keep their place on the axis and draw nothing."""
     frame = pd.DataFrame(list(rows), columns=["bin", "range", "from", "count"])
+    # the heatmaps' colours: orange for positive bins, blue for negative ones, grey near zero
+    frame["sign"] = ["positive" if b > ZERO_BIN else "negative" if b < ZERO_BIN else "near zero" for b in frame["bin"]]
     order = frame["from"].tolist()
     title = "positions per activation bin (log scale)"
     if sample_fraction and sample_fraction < 1:
         title += f", from a {sample_fraction:.3g} sample of positions"
     return (
         alt.Chart(frame[frame["count"] > 0], title=title)
-        .mark_bar(color="#e66101")
+        .mark_bar()
         .encode(
+            color=alt.Color("sign:N", legend=None, scale=alt.Scale(
+                domain=["negative", "near zero", "positive"], range=[SIGN_COLOURS[k] for k in
+                                                                     ("negative", "near zero", "positive")])),
             x=alt.X("from:N", sort=order, scale=alt.Scale(domain=order), title="activation (bin's lower edge)",
                     axis=alt.Axis(labelAngle=-45, labelOverlap=True)),
             y=alt.Y("count:Q", scale=alt.Scale(type="log", domainMin=0.5), title="positions"),

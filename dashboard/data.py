@@ -55,8 +55,15 @@ def layer_range(path: str) -> tuple[int, int] | None:
 
 
 @st.cache_data(show_spinner=False, ttl=_TTL_S)
-def notable_neurons(path: str, column: str, descending: bool, n: int = 5) -> list[dict]:
-    return queries.notable_neurons(get_store(path), column, descending, n).to_pylist()
+def notable_neurons(path: str, column: str, descending: bool, n: int = 5, artefacts: bool | None = False) -> list[dict]:
+    """Neurons with the largest (smallest) `column`; by default only those that respond to text
+    (not first-after-BOS artefacts); `artefacts=True` only the artefacts, None both."""
+    return queries.notable_neurons(get_store(path), column, descending, n, artefacts).to_pylist()
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S)
+def artefact_count(path: str) -> int:
+    return int(queries.artefact_count(get_store(path)).to_pylist()[0]["n_artefacts"])
 
 
 @st.cache_data(show_spinner=False, ttl=_TTL_S)
@@ -69,15 +76,25 @@ def score_bounds(path: str) -> dict[str, tuple[float, float]]:
 
 @st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=64)
 def catalogue(path: str, layer_lo: int, layer_hi: int, promotes: str = "", fires_on: str = "",
-              store_name: str | None = None, ranges: tuple[tuple[str, float, float], ...] = ()) -> pd.DataFrame:
+              store_name: str | None = None, ranges: tuple[tuple[str, float, float], ...] = (),
+              artefacts: bool | None = False, search: str = "") -> pd.DataFrame:
     """The catalogue rows, display-ready (cached with them: ~0.2 s per 50k neurons): an `open`
-    column of neuron-page links first, and the first value tokens as one text label.
+    column of neuron-page links first, the tokens it fires on and its first value tokens as text
+    labels, and `artefact` (a label for first-after-BOS neurons, shown with `artefacts`).
     `ranges`: (column, lo, hi) score-range filters, applied in SQL."""
-    frame = queries.neuron_catalogue(get_store(path), layer_lo, layer_hi, promotes, fires_on, ranges).to_pandas()
+    frame = queries.neuron_catalogue(get_store(path), layer_lo, layer_hi, promotes, fires_on, ranges,
+                                     artefacts, search).to_pandas()
     frame.insert(0, "open", [render.neuron_url(int(layer), int(neuron), store_name)
                              for layer, neuron in zip(frame["layer"], frame["neuron"], strict=True)])
     frame["top_value_tokens"] = [render.token_list_label(t, queries.N_VALUE_TOKENS) for t in frame["top_value_tokens"]]
+    frame["fires_on_tokens"] = [render.token_list_label(t, queries.N_FIRES_ON) for t in frame["fires_on_tokens"]]
+    frame.insert(3, "artefact", [render.artefact_label(x) for x in frame["after_bos_frac"]])
     return frame
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=64)
+def token_selectivity(path: str, token: str, n: int = 10) -> list[dict]:
+    return queries.token_selectivity(get_store(path), token, n).to_pylist()
 
 
 @st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=512)
@@ -89,6 +106,16 @@ def neuron(path: str, layer: int, neuron: int) -> dict | None:
 @st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=512)
 def examples(path: str, layer: int, neuron: int, kind: str) -> list[dict]:
     return queries.neuron_examples(get_store(path), layer, neuron, kind).to_pylist()
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=512)
+def window_tokens(path: str, seq_id: int) -> list[dict]:
+    return queries.window_tokens(get_store(path), seq_id).to_pylist()
+
+
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=512)
+def neuron_explanations(path: str, layer: int, neuron: int) -> list[dict]:
+    return queries.neuron_explanations(get_store(path), layer, neuron).to_pylist()
 
 
 @st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=512)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import data
+from dashboard import data, text
 from dashboard.locate import check_store, find_stores
 from store import StoreError
 
@@ -28,6 +28,9 @@ DELETION = "views/deletion.py"
 HEADS = "views/heads.py"
 HEAD = "views/head.py"
 CIRCUITS = "views/circuits.py"
+LENS = "views/lens.py"
+RESIDUAL = "views/residual.py"
+LIVE = "views/live.py"
 SQL = "views/sql.py"
 ENV_VAR = "MECHSCOPE_STORE"
 _KEY = "mechscope_store"  # (path, name or None) of the store this session browses
@@ -61,10 +64,11 @@ def choose_store() -> None:
     try:
         stores = find_stores(root)
     except StoreError as e:
-        st.error(str(e))
+        st.error(text.md(e))
         st.stop()
     if len(stores) == 1:
         st.session_state[_KEY] = (str(stores[0]), None)
+        _open_or_stop(stores[0])
         return
     names = [p.name for p in stores]
     wanted = st.query_params.get("store")
@@ -76,14 +80,25 @@ def choose_store() -> None:
     elif remembered in names:
         st.session_state[_PICKER] = remembered  # a page change dropped the query parameters
     name = st.sidebar.selectbox("store", names, key=_PICKER, on_change=_picked,
-                                help=f"stores found in {Path(root).resolve()}")
+                                help=f"stores found in {text.code(Path(root).resolve())}")
     st.session_state[_KEY] = (str(stores[names.index(name)]), name)
     if wanted != name:  # every page's URL names its store
         st.query_params["store"] = name
     try:  # a store of an older schema is listed, but says what to do instead of failing a query
         check_store(stores[names.index(name)])
     except StoreError as e:
-        st.error(str(e))
+        st.error(text.md(e))
+        st.stop()
+    _open_or_stop(stores[names.index(name)])
+
+
+def _open_or_stop(path: Path) -> None:
+    """Open the store (checked against its manifest once per version: `store/integrity.py`); a
+    damaged one is one notice naming the table and `mechscope verify`, on every page."""
+    try:
+        data.get_store(str(path))
+    except StoreError as e:
+        st.error(text.md(e), icon=":material/error:")
         st.stop()
 
 

@@ -4,7 +4,7 @@ A widget bound to the URL (`bind="query-params"`) silently drops a value it cann
 page calls these first, on the raw values (`st.query_params.get_all(name)`), and shows the
 sentence they return as a notice, so a mistyped link says what was wrong. Plain functions of
 plain values, no Streamlit: the pages call them, the tests call them directly too. The raw values
-in a sentence are Markdown-escaped (`render.md_escape`): the notices are Markdown, and a link's
+in a sentence are Markdown-escaped (`dashboard.text.md`): the notices are Markdown, and a link's
 text is data, never markup.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from dashboard.render import md_escape
+from dashboard.text import md
 
 
 def _number(text: str) -> float | None:
@@ -25,7 +25,7 @@ def _number(text: str) -> float | None:
 
 
 def _shown(name: str, raw: Sequence[str]) -> str:
-    return md_escape(f"{name}={raw[0]!r}" if len(raw) == 1 else f"{name}={list(raw)!r}")
+    return md(f"{name}={raw[0]!r}" if len(raw) == 1 else f"{name}={list(raw)!r}")
 
 
 def int_problem(name: str, raw: Sequence[str], lo: int, hi: int) -> str | None:

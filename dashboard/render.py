@@ -34,6 +34,38 @@ def token_list_label(tokens: Sequence[str] | None, n: int = 5) -> str:
     return "  ".join(token_label(t) for t in (list(tokens) if tokens is not None else [])[:n])
 
 
+ARTEFACT_FRAC = 0.5  # as store.queries.ARTEFACT_FRAC: above it, a neuron is a first-after-BOS artefact
+ARTEFACT_NOTE = (
+    "**Position artefact.** {share} of this neuron's top examples sit on the first token after a BOS "
+    "(position 1, or the first token of a packed document). Language models put \"massive activations\" "
+    "there: a few dimensions take values orders of magnitude above the rest on the first token, whatever "
+    "it is, and later heads use that position as an attention sink (Sun et al. 2024, *Massive Activations "
+    "in Large Language Models*; Xiao et al. 2023, attention sinks). Such a neuron responds to the "
+    "position rather than to the text, so the overview and the catalogue list it apart (the catalogue's "
+    "“show” switch: all, or position). BOS positions themselves are excluded from every statistic."
+)
+
+
+def is_artefact(after_bos_frac: float | None) -> bool:
+    return after_bos_frac is not None and not math.isnan(after_bos_frac) and after_bos_frac > ARTEFACT_FRAC
+
+
+def artefact_label(after_bos_frac: float | None) -> str:
+    """The catalogue's label for a first-after-BOS artefact ('' for a neuron that responds to text)."""
+    return f"after BOS {after_bos_frac:.0%}" if is_artefact(after_bos_frac) else ""
+
+
+def artefact_note(after_bos_frac: float | None) -> str | None:
+    """The neuron page's explanation of a first-after-BOS artefact (Markdown), or None."""
+    return ARTEFACT_NOTE.format(share=f"{after_bos_frac:.0%}") if is_artefact(after_bos_frac) else None
+
+
+def fires_on_label(tokens: Sequence[str] | None, counts: Sequence[int] | None, n_examples: int) -> str:
+    """'·Paris ×6 | ·London ×2' for the tokens a neuron's top examples sit on (escape for HTML)."""
+    parts = [f"{token_label(t)} ×{c}" for t, c in zip(tokens or [], counts or [], strict=False)]
+    return " | ".join(parts) + (f"  (of {n_examples} top examples)" if parts and n_examples else "")
+
+
 def _fmt(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
@@ -56,7 +88,7 @@ def activation_colour(value: float | None, vmax: float, vmin: float = 0.0) -> st
 
 
 def _token_span(token: str, value: float | None, vmax: float, vmin: float, focus: bool) -> str:
-    shown = html.escape(token.replace("\n", "↵"), quote=True)
+    shown = html.escape(visible_token(token), quote=True)
     is_bos = value is None or math.isnan(value)
     title = html.escape(f"{token!r}: " + ("BOS (excluded from statistics)" if is_bos else f"{value:.4f}"))
     style = f"background:{activation_colour(value, vmax, vmin)};white-space:pre-wrap;border-radius:2px;padding:0 1px;"
@@ -81,7 +113,8 @@ def heatmap_html(tokens: Sequence[str | None], acts: Sequence[float | None], vma
 def example_html(example: dict, vmax: float, vmin: float = 0.0, caption: str = "") -> str:
     """One example row (a `neuron_examples` row with `context_tokens`) as a block of HTML."""
     focus = int(example["pos"]) - int(example["ctx_start"])
-    body = heatmap_html(example.get("context_tokens") or [], example.get("context_acts") or [], vmax, vmin, focus)
+    tokens = example.get("context_display") or example.get("context_tokens") or []  # split characters merged
+    body = heatmap_html(tokens, example.get("context_acts") or [], vmax, vmin, focus)
     label = html.escape(caption or f"{float(example['activation']):.3f}")
     where = html.escape(f"window {example['seq_id']}, position {example['pos']}")
     return (
@@ -90,6 +123,32 @@ def example_html(example: dict, vmax: float, vmin: float = 0.0, caption: str = "
         f'<div style="flex:1;min-width:0;overflow-wrap:anywhere;font-family:ui-monospace,monospace;'
         f'line-height:1.75;">{body}</div></div>'
     )
+
+
+def window_html(window: Sequence[dict], example: dict, vmax: float, vmin: float = 0.0) -> str:
+    """An example's whole window (`window`: rows pos, token, is_bos of every position): the
+    stored context shaded as in `example_html` (its texts as shown), the rest of the window plain
+    (no activation is stored there), BOS positions grey; the example's position outlined."""
+    ctx_start = int(example["ctx_start"])
+    shown = list(example.get("context_display") or example.get("context_tokens") or [])
+    acts = list(example.get("context_acts") or [])
+    spans = []
+    for w in window:
+        p, i = int(w["pos"]), int(w["pos"]) - ctx_start
+        if 0 <= i < len(acts):
+            token = shown[i] if i < len(shown) else str(w["token"])
+            spans.append(_token_span(token, None if acts[i] is None else float(acts[i]), vmax, vmin,
+                                     p == int(example["pos"])))
+        elif w.get("is_bos"):
+            spans.append(_token_span(str(w["token"]), float("nan"), vmax, vmin, False))
+        else:
+            token = str(w["token"])
+            title = html.escape(f"{token!r}: position {p}, outside the stored context", quote=True)
+            br = "<br>" if "\n" in token else ""
+            spans.append(f'<span title="{title}" style="white-space:pre-wrap;padding:0 1px;opacity:0.75;">'
+                         f'{html.escape(visible_token(token), quote=True)}</span>{br}')
+    return ('<div style="font-family:ui-monospace,monospace;line-height:1.75;overflow-wrap:anywhere;'
+            f'font-size:0.92em;">{"".join(spans)}</div>')
 
 
 def examples_html(examples: Sequence[dict], vmax: float, vmin: float = 0.0) -> str:
@@ -242,6 +301,30 @@ def neuron_url(layer: int, neuron: int, store: str | None = None, page: str = "n
     return f"{page}?{urlencode(neuron_query(layer, neuron, store))}"
 
 
+def subject_links(frame, store: str | None = None) -> list[str | None] | None:
+    """For a query result (a pandas frame) with whole-number `layer` and `neuron` (or `head`)
+    columns, each row's link to that neuron's (head's) page (None where a value is missing);
+    None when the result names no neuron or head, or already has an `open` column."""
+    cols = set(frame.columns)
+    kind = "neuron" if {"layer", "neuron"} <= cols else "head" if {"layer", "head"} <= cols else None
+    if kind is None or "open" in cols:
+        return None
+    out = []
+    for layer, index in zip(frame["layer"], frame[kind], strict=True):
+        a, b = _whole(layer), _whole(index)
+        out.append(None if a is None or b is None else
+                   (neuron_url(a, b, store) if kind == "neuron" else head_url(a, b, store)))
+    return out if any(u is not None for u in out) else None
+
+
+def _whole(value) -> int | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f == f and f == int(f) else None
+
+
 def parse_int(text: str | None) -> int | None:
     """An integer query parameter, or None when absent or not an integer."""
     if text is None:
@@ -253,10 +336,10 @@ def parse_int(text: str | None) -> int | None:
 
 
 def md_escape(text: str) -> str:
-    """Text for Markdown elements with its emphasis/code characters shown literally."""
-    for ch in "\\`*_[]<>#|~$":
-        text = text.replace(ch, "\\" + ch)
-    return text
+    """Text for Markdown elements shown literally: `dashboard.text.md` (the one escaper)."""
+    from dashboard.text import md
+
+    return md(text)
 
 
 def flat_items(d: dict | None, prefix: str = "") -> list[tuple[str, str]]:
@@ -298,11 +381,18 @@ def head_url(layer: int, head: int, store: str | None = None) -> str:
     return f"head?{urlencode(head_query(layer, head, store))}"
 
 
+_WHITESPACE_GLYPHS = {" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
 def visible_token(token: str) -> str:
     """A token's text with its whitespace made visible: newlines '↵', tabs '⇥', and a token that
-    is only spaces as '·' per space (otherwise an unshaded space token would be invisible)."""
-    if token.strip(" ") == "":
-        return token_label(token)
+    is only whitespace with a glyph per character ('·' a space, '␣' any other space character such
+    as a no-break space), so that no token shows as an empty box. An empty text is '◌': a
+    byte-level piece of the character that the next token completes (`context_display`)."""
+    if token == "":
+        return "◌"
+    if token.strip() == "":
+        return "".join(_WHITESPACE_GLYPHS.get(ch, "␣") for ch in token)
     return token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
 
 

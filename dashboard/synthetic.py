@@ -7,9 +7,17 @@ they existed. Planted facts the tests check:
 - layer 0, neuron 2 fires on " Paris" and promotes " Paris" (first value token);
 - layer 1, neuron 3 fires on the token `<img src=x onerror=alert(1)>` (must render as text);
 - layer 1, neuron 5 has deletion_cos -0.9 (the most deletion-like);
+- layer 1, neuron 6 is a position artefact: its largest activations (the largest of the store,
+  4.999) sit on position 1, the first token after the BOS, in every window (after_bos_frac 1.0);
+- layer 1, neuron 1 fires once on " Paris" (4.998, above any activation of layer 0, neuron 2)
+  and nowhere else much: the strongest single activation on " Paris", but not selective for it;
+- top examples are at most one per window (each window's strongest position), as the pipeline's;
+- window 1, position 2 is a whitespace-only token " ", and window 0, positions 2-3 an em dash split
+  over two byte-level tokens (" c.\ufffd", "\ufffd" -> shown " c.", "—"), both in L1/N6's examples;
 - layer 0, head 1 is a previous-token head (the top prev_token_score, attention peak at offset 1);
 - layer 1, head 2 is an induction head (the top induction_score and rand_induction_score, OV
-  copying score +0.95); layer 1, head 3 suppresses (OV copying score -0.8);
+  copying score +0.95, the largest direct logit attribution 0.9); layer 1, head 3 suppresses (OV
+  copying score -0.8);
 - K-composition L0H1 -> L1H2 (0.62) is the strongest pair; V L0H3 -> L1H0 (0.41) and Q L0H0 ->
   L1H3 (0.33) are the only others above the baseline (0.12) by 0.1 or more;
 - layer 0, head 3's top example attends from window 4, position 10 to the XSS token at
@@ -23,6 +31,7 @@ scores are computed from the synthetic patterns, so they agree with the examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from pathlib import Path
 
@@ -30,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from store import StoreWriter
-from store.histogram_bins import N_BINS, ZERO_BIN, bin_of, describe
+from store.histogram_bins import N_BINS, ZERO_BIN, bin_of, bin_ranges, describe
 from store.schema import TABLES_BY_NAME
 
 XSS_TOKEN = "<img src=x onerror=alert(1)>"
@@ -40,6 +49,10 @@ VOCAB = (" the", " Paris", " is", " capital", " of", " France", ".", "\n", " cat
 N_LAYERS, D_MLP, SEQ_LEN, N_WINDOWS, TOP_K, RECORDS = 2, 8, 16, 6, 5, 12
 CTX_BEFORE, CTX_WIDTH = 4, 7
 PLANTED = {(0, 2): " Paris", (1, 3): XSS_TOKEN}
+ARTEFACT_NEURON, UNSELECTIVE_NEURON = (1, 6), (1, 1)
+# (seq_id, pos) -> (text,) or (text, text as shown): a whitespace-only token, and an em dash split
+# over two byte-level tokens (each decodes alone to U+FFFD); all inside L1/N6's top-example contexts
+PLANTED_TEXT = {(1, 2): (" ",), (0, 2): (" c.\ufffd", " c."), (0, 3): ("\ufffd", "—")}
 N_HEADS, BLOCK_W, N_OFFSETS, N_OV_TOKENS, N_LINKS = 4, 8, 16, 5, 3
 PREV_TOKEN_HEAD, INDUCTION_HEAD, XSS_HEAD, SUPPRESS_HEAD = (0, 1), (1, 2), (0, 3), (1, 3)
 XSS_EXAMPLE = (4, 10, 9)  # (seq_id, pos, src_pos) of XSS_HEAD's top example
@@ -63,6 +76,10 @@ def _activations(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
     acts[acts < 0] *= 0.3  # GELU-like: small negatives
     for (layer, neuron), tok in PLANTED.items():
         acts[layer, neuron][ids == VOCAB.index(tok)] = 4.0 + rng.random(int((ids == VOCAB.index(tok)).sum()))
+    layer, neuron = ARTEFACT_NEURON
+    acts[layer, neuron, :, 1] = 4.999 - 1e-4 * np.arange(N_WINDOWS)  # right after the BOS, every window
+    layer, neuron = UNSELECTIVE_NEURON
+    acts[layer, neuron, 3, 7] = 4.998  # one " Paris" (planted in _corpus)
     acts[:, :, :, 0] = np.nan  # BOS positions carry no statistic
     return acts
 
@@ -72,6 +89,20 @@ def _text(token_id: int) -> str:
     return BOS if token_id < 0 else VOCAB[token_id]
 
 
+def _texts(ids: np.ndarray, seq: int, start: int = 0, stop: int | None = None) -> list[str]:
+    """The texts of window `seq`'s positions start .. stop - 1 as the tokens table holds them:
+    `_text`, except the planted tokens of `PLANTED_TEXT` (text only: the ids stay as drawn)."""
+    stop = SEQ_LEN if stop is None else stop
+    return [PLANTED_TEXT.get((seq, p), (_text(int(ids[seq, p])),))[0] for p in range(start, stop)]
+
+
+def _display(seq: int, start: int, stop: int) -> list[str] | None:
+    """`context_display` of window `seq`'s positions start .. stop - 1 (None: no fragment there)."""
+    if not any((seq, p) in PLANTED_TEXT and len(PLANTED_TEXT[seq, p]) > 1 for p in range(start, stop)):
+        return None
+    return [PLANTED_TEXT[seq, p][-1] if (seq, p) in PLANTED_TEXT else None for p in range(start, stop)]
+
+
 def _example(layer: int, neuron: int, kind: str, rank: int, seq: int, pos: int, a: np.ndarray,
              ids: np.ndarray) -> dict:
     start = min(max(pos - CTX_BEFORE, 0), SEQ_LEN - CTX_WIDTH)
@@ -79,7 +110,13 @@ def _example(layer: int, neuron: int, kind: str, rank: int, seq: int, pos: int, 
     return {"layer": layer, "neuron": neuron, "kind": kind, "rank": rank, "seq_id": seq, "pos": pos,
             "activation": float(a[seq, pos]), "ctx_start": start,
             "context_acts": [float(v) for v in a[seq, window]],
-            "context_tokens": [_text(int(i)) for i in ids[seq, window]]}
+            "context_tokens": _texts(ids, seq, start, start + CTX_WIDTH),
+            "context_display": _merge_display(_texts(ids, seq, start, start + CTX_WIDTH), _display(seq, start,
+                                                                                                 start + CTX_WIDTH))}
+
+
+def _merge_display(tokens: list[str], display: list[str | None] | None) -> list[str] | None:
+    return None if display is None else [d if d is not None else t for t, d in zip(tokens, display, strict=True)]
 
 
 def _neuron_rows(rng: np.random.Generator, acts: np.ndarray,
@@ -95,7 +132,9 @@ def _neuron_rows(rng: np.random.Generator, acts: np.ndarray,
             # positions (seq, pos) sorted by activation desc, earlier first on ties
             flat = [(float(a[s, p]), s, p) for s in range(N_WINDOWS) for p in range(1, SEQ_LEN)]
             flat.sort(key=lambda t: (-t[0], t[1], t[2]))
-            for rank, (_, s, p) in enumerate(flat[:TOP_K]):
+            tops = [next(t for t in flat if t[1] == w) for w in range(N_WINDOWS)]  # one per window
+            tops.sort(key=lambda t: (-t[0], t[1], t[2]))
+            for rank, (_, s, p) in enumerate(tops[:TOP_K]):
                 examples.append(_example(layer, n, "top", rank, s, p, a, ids))
             for b in sorted({bin_of(v) for v, _, _ in flat} - {ZERO_BIN}):
                 s, p = next((s, p) for v, s, p in flat if bin_of(v) == b)
@@ -119,8 +158,36 @@ def _neuron_rows(rng: np.random.Generator, acts: np.ndarray,
                 "kv_agreement_frac": None if (layer, n) == (1, 7) else float(rng.integers(0, TOP_K + 1) / TOP_K),
                 "nbr_neurons": [m for m in range(D_MLP) if m != n][:3],
                 "nbr_cos": sorted(rng.uniform(-0.2, 0.9, 3).tolist(), reverse=True),
+                **_evidence(tops[:TOP_K], ids, hist, float(valid.max())),
             })
+            neurons[-1]["explanation"] = _explanation(neurons[-1])
     return neurons, examples, records
+
+
+def _evidence(tops: list[tuple[float, int, int]], ids: np.ndarray, hist: list[int], vmax: float) -> dict:
+    """The evidence summaries of a neuron (as `pipeline/stats/evidence.py` derives them) from its
+    top examples (value, seq, pos), histogram and max."""
+    counts: dict[str, list[int]] = {}
+    for rank, (_, s, p) in enumerate(tops):
+        counts.setdefault(_texts(ids, s, p, p + 1)[0], []).append(rank)
+    best = sorted(counts.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))[:5]
+    lows = [lo for lo, _ in bin_ranges()]
+    t = 2.0 ** min(max(math.floor(math.log2(vmax)) - 3, -6), 6) if vmax > 0 else None
+    return {
+        "after_bos_frac": sum(ids[s, p - 1] < 0 for _, s, p in tops) / len(tops),
+        "fires_on_tokens": [tok for tok, _ in best], "fires_on_counts": [len(r) for _, r in best],
+        "strong_frac": None if t is None else sum(c for c, lo in zip(hist, lows, strict=True) if lo >= t) / sum(hist),
+    }
+
+
+def _explanation(row: dict) -> str:
+    if row["after_bos_frac"] > 0.5:
+        what = f"Position artefact: {row['after_bos_frac']:.0%} of its top examples sit on the first token after a BOS"
+    else:
+        what = "Fires on " + ", ".join(f"“{t}” ({c}/{TOP_K})" for t, c in
+                                        zip(row["fires_on_tokens"][:3], row["fires_on_counts"], strict=False))
+    promotes = ", ".join(f"“{t}”" for t in row["kv_top_tokens"][:3])
+    return f"{what}; promotes {promotes}; layer {row['layer']} of {N_LAYERS}."
 
 
 # --- heads and circuits --------------------------------------------------------------------
@@ -197,6 +264,8 @@ def _head_rows(rng: np.random.Generator, p: np.ndarray, ids: np.ndarray) -> list
                 "ov_copy_token_ids": copy, "ov_copy_tokens": [VOCAB[i] for i in copy],
                 "ov_suppress_token_ids": suppress, "ov_suppress_tokens": [VOCAB[i] for i in suppress],
                 "qk_pos_by_offset": (decay / decay.sum()).tolist(),
+                # no random draw here: the stream of the other columns stays as it was
+                "dla_mean": 0.9 if key == INDUCTION_HEAD else round(0.1 * (layer + 1) * (h - 1.5), 3),
             })
     return heads
 
@@ -215,7 +284,7 @@ def _head_examples(p: np.ndarray, ids: np.ndarray) -> list[dict]:
                 rows.append({"layer": layer, "head": h, "rank": rank, "seq_id": s, "pos": q,
                              "src_pos": 1 + int(a[s, q, 1:q + 1].argmax()), "attention": weight,
                              "pattern": a[s, q].tolist(), "block_start": start, "block": block.ravel().tolist(),
-                             "context_tokens": [_text(int(i)) for i in ids[s]]})
+                             "context_tokens": _texts(ids, s)})
     return rows
 
 
@@ -273,6 +342,74 @@ def _head_tables(seed: int, ids: np.ndarray) -> dict[str, list[dict]]:
             "head_composition": _composition_rows(rng), "neuron_circuits": _circuit_rows(rng)}
 
 
+LENS_TABLES = ("logit_lens", "lens_positions", "layer_stats")
+LENS_WINDOWS = (1, 4)  # windows whose positions 1 .. 15 the synthetic lens "sampled"
+MLP_WRITES_MORE = (1,)  # layers where the MLP writes a larger vector than attention (planted)
+
+
+def _layer_site(d: int, D: int) -> tuple[int, str]:
+    return (N_LAYERS - 1, "resid_post") if d == D - 1 else (d // 2, ("resid_pre", "resid_mid")[d % 2])
+
+
+def _lens_tables(seed: int, ids: np.ndarray) -> dict[str, list[dict]]:
+    """The logit lens over LENS_WINDOWS: depth d of 2 * N_LAYERS + 1 grows more confident and closer
+    to the final distribution; the last depth predicts the true next token where it is " Paris".
+    `layer_stats` holds the means of these rows, so the two tables agree."""
+    rng = np.random.default_rng([seed, 2])
+    D = 2 * N_LAYERS + 1
+    lens, positions = [], []
+    per_depth: dict[str, list[list[float]]] = {k: [[] for _ in range(D)] for k in ("kl", "agree", "ent", "norm")}
+    for s in LENS_WINDOWS:
+        for p in range(1, SEQ_LEN):
+            nxt = int(ids[s, p + 1]) if p + 1 < SEQ_LEN else None
+            final = [int(i) for i in rng.permutation(len(VOCAB))[:3]]
+            if nxt is not None and VOCAB[nxt] == " Paris":
+                final = [nxt] + [i for i in final if i != nxt][:2]
+            for d in range(D):
+                fresh = [int(i) for i in rng.permutation(len(VOCAB))[:3]]
+                tops = final if d == D - 1 or rng.random() < d / D else fresh
+                p1 = 0.2 + 0.7 * d / (D - 1)
+                probs = [p1, (1 - p1) * 0.6, (1 - p1) * 0.3]
+                kl = 0.0 if d == D - 1 else float(2.0 * (D - 1 - d) / (D - 1) + rng.uniform(0, 0.1))
+                ent = float(2.5 - 2.0 * d / (D - 1))
+                layer, site = _layer_site(d, D)
+                rank = None if nxt is None else (0 if tops[0] == nxt else int(rng.integers(1, 50)))
+                lens.append({"seq_id": s, "pos": p, "depth": d, "layer": layer, "site": site,
+                             "top_token_ids": [50000 + i for i in tops], "top_tokens": [VOCAB[i] for i in tops],
+                             "top_probs": probs, "true_prob": None if nxt is None else (p1 if rank == 0 else 0.01),
+                             "true_rank": rank, "kl_to_final": kl, "entropy_nats": ent,
+                             "top1_agrees": tops[0] == final[0]})
+                per_depth["kl"][d].append(kl)
+                per_depth["agree"][d].append(float(tops[0] == final[0]))
+                per_depth["ent"][d].append(ent)
+                per_depth["norm"][d].append(float(10 + 5 * d))
+            share = float(rng.uniform(0.8, 0.95))
+            positions.append({"seq_id": s, "pos": p, "token_id": int(ids[s, p]), "next_token_id": nxt,
+                              "final_top_token_id": 50000 + final[0], "final_top_token": VOCAB[final[0]],
+                              "pca_share": share, "pca_match": bool(rng.random() < 0.6),
+                              "pca_top_token": VOCAB[final[0]],
+                              "pca_share_normalized": share - 0.3, "pca_match_normalized": False,
+                              "pca_top_token_normalized": VOCAB[int(rng.integers(len(VOCAB)))]})
+    stats = []
+    for d in range(D):
+        layer, site = _layer_site(d, D)
+        writer, wl = ("embedding", None) if d == 0 else (("attention", (d - 1) // 2) if d % 2 else ("mlp", d // 2 - 1))
+        more = wl in MLP_WRITES_MORE
+        norm = {"embedding": 3.0, "attention": 2.0 if more else 4.0, "mlp": 5.0 if more else 1.5}[writer]
+        block = None if wl is None else ((2.0, 5.0) if more else (4.0, 1.5))
+        share = None if block is None else (block[0] ** 2 if writer == "attention" else block[1] ** 2) / (
+            block[0] ** 2 + block[1] ** 2)
+        stats.append({"depth": d, "layer": layer, "site": site, "n_positions": len(positions),
+                      "n_next": sum(r["next_token_id"] is not None for r in positions),
+                      "kl_to_final_mean": float(np.mean(per_depth["kl"][d])),
+                      "top1_agreement": float(np.mean(per_depth["agree"][d])),
+                      "entropy_nats_mean": float(np.mean(per_depth["ent"][d])),
+                      "next_token_accuracy": 0.1 + 0.1 * d, "next_token_loss": 4.0 - 0.5 * d,
+                      "resid_norm_mean": float(np.mean(per_depth["norm"][d])), "writer": writer, "writer_layer": wl,
+                      "write_norm_mean": norm, "write_share": share, "write_dla_mean": float(rng.uniform(-0.5, 1.0))})
+    return {"logit_lens": lens, "lens_positions": positions, "layer_stats": stats}
+
+
 def _table(name: str, rows: list[dict]) -> pa.Table:
     schema = TABLES_BY_NAME[name].arrow_schema()
     return pa.Table.from_pylist(rows, schema=schema)
@@ -287,7 +424,7 @@ def write_synthetic_store(out: str | Path, name: str = "synthetic-2x8", seed: in
     acts = _activations(rng, ids)
     tokens = [{"seq_id": s, "pos": p, "doc_id": -1 if ids[s, p] < 0 else s,
                "token_id": 50256 if ids[s, p] < 0 else int(ids[s, p]),
-               "token": _text(int(ids[s, p]))}
+               "token": _texts(ids, s, p, p + 1)[0]}
               for s in range(N_WINDOWS) for p in range(SEQ_LEN)]
     documents = [{"doc_id": s, "source": "synthetic", "n_tokens": SEQ_LEN - 1,
                   "text": "".join(VOCAB[i] for i in ids[s, 1:]), "n_chars": 0} for s in range(N_WINDOWS)]
@@ -295,7 +432,7 @@ def write_synthetic_store(out: str | Path, name: str = "synthetic-2x8", seed: in
         d["n_chars"] = len(d["text"])
     neurons, examples, records = _neuron_rows(rng, acts, ids)
     tables = {"documents": documents, "tokens": tokens, "neurons": neurons, "neuron_examples": examples,
-              "activations": records, **_head_tables(seed, ids)}
+              "activations": records, **_head_tables(seed, ids), **_lens_tables(seed, ids)}
     writer = StoreWriter(out)
     for table, rows in tables.items():
         if table not in omit:

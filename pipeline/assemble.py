@@ -63,9 +63,9 @@ def _add_columns(name: str, into: dict, columns: Mapping, table: Table) -> None:
 
 def _concat(a, b):
     if isinstance(a, TokenWindows):
-        if not isinstance(b, TokenWindows) or a.width != b.width:
-            raise AssemblyError("token windows of different widths cannot share a column")
-        return TokenWindows(np.concatenate([a.starts, b.starts]), a.width)
+        if not isinstance(b, TokenWindows) or (a.width, a.merged) != (b.width, b.merged):
+            raise AssemblyError("token windows of different widths or kinds cannot share a column")
+        return TokenWindows(np.concatenate([a.starts, b.starts]), a.width, a.merged)
     if isinstance(a, TokenIdsAt):
         return TokenIdsAt(np.concatenate([a.positions, b.positions]))
     if isinstance(a, list):

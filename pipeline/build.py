@@ -213,11 +213,13 @@ class BuildInterrupted(Exception):
 
 def _save(work_dir: Path, params: BuildParams, harvest: Harvest, next_window: int,
           tokens_done: int, elapsed: float) -> None:
-    """Write the checkpoint atomically: a kill mid-write leaves the previous one intact."""
+    """Write the checkpoint atomically: a kill mid-write leaves the previous one intact. It records
+    the corpus's content fingerprint, so that a resume over rewritten files is refused."""
     path = Path(work_dir) / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"identity": params.identity(), "next_window": next_window, "tokens_done": tokens_done,
+    torch.save({"identity": params.identity(), "corpus_fingerprint": corpus_fingerprint(params.corpus),
+                "next_window": next_window, "tokens_done": tokens_done,
                 "elapsed_s": elapsed, "harvest": harvest.state_dict()}, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -225,19 +227,62 @@ def _save(work_dir: Path, params: BuildParams, harvest: Harvest, next_window: in
 
 
 def _restore(work_dir: Path, params: BuildParams, harvest: Harvest) -> tuple[int, int, float]:
+    """(next window, tokens done, seconds spent) from the checkpoint; StoreError (one line, with
+    the way out) when it is damaged, from other parameters, or from a corpus whose content changed."""
+    from store import StoreError
+    from store.errors import one_line
+
     path = Path(work_dir) / CHECKPOINT
     if not path.exists():
         return 0, 0, 0.0  # killed before the first checkpoint: start over inside the same folder
-    state = torch.load(path, map_location=harvest.model.device, weights_only=True)
+    way_out = f"delete '{work_dir}' to start over"
+    try:
+        state = torch.load(path, map_location=harvest.model.device, weights_only=True)
+        if not isinstance(state, dict) or not {"identity", "next_window", "harvest"} <= state.keys():
+            raise ValueError("it is not a mechscope checkpoint")
+    except Exception as e:  # truncated, garbage, another file: torch/pickle/zip say it many ways
+        raise StoreError(f"cannot resume: the checkpoint '{path}' is damaged ({one_line(e)}); {way_out}") from None
     if state["identity"] != params.identity():
-        from store import StoreError
-
         raise StoreError(
             f"cannot resume: the unfinished build in '{work_dir}' used different parameters "
-            f"({_diff(state['identity'], params.identity())}); delete that folder to start over"
+            f"({_diff(state['identity'], params.identity())}); {way_out}"
         )
-    harvest.load_state_dict(state["harvest"])
-    return state["next_window"], state["tokens_done"], state["elapsed_s"]
+    then, now = state.get("corpus_fingerprint"), corpus_fingerprint(params.corpus)
+    if then is not None and then != now:
+        raise StoreError(f"cannot resume: the corpus {params.corpus!r} changed since the unfinished build in "
+                         f"'{work_dir}' started (its content differs); {way_out}")
+    try:
+        harvest.load_state_dict(state["harvest"])
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise StoreError(f"cannot resume: the checkpoint '{path}' does not fit this build ({one_line(e)}); "
+                         f"{way_out}") from None
+    return int(state["next_window"]), int(state.get("tokens_done", 0)), float(state.get("elapsed_s", 0.0))
+
+
+_fingerprints: dict[tuple, str] = {}
+
+
+def corpus_fingerprint(spec: str) -> str:
+    """sha256 over the corpus's content: every file's relative name and bytes for a path corpus
+    (memoised by the files' sizes and mtimes: a build saves many checkpoints), the packaged
+    file's sha256 for wiki-vital, the dataset name for hf: (no revision offline)."""
+    import hashlib
+    import json
+
+    facts = corpora.describe_corpus(spec)
+    if facts.get("kind") not in ("file", "folder"):
+        return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+    files = list(corpora._path_files(spec))
+    key = (spec, tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in files))
+    if key not in _fingerprints:
+        h = hashlib.sha256()
+        for p, rel in files:
+            h.update(f"{rel}\0{p.stat().st_size}\0".encode())
+            with open(p, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        _fingerprints[key] = h.hexdigest()
+    return _fingerprints[key]
 
 
 def _diff(old: dict, new: dict) -> str:

@@ -7,6 +7,7 @@ ends in one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -46,6 +47,54 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (0: after every batch; nan and inf would never checkpoint)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds, 0 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return value
+
+
+def _host(text: str) -> str:
+    """An IP address, or a host name this machine resolves (what the server can bind to)."""
+    import ipaddress
+    import socket
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    if (not text or len(text) > 253 or all(label.isdigit() for label in labels)
+            or not all(re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", label) for label in labels)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or a host name")
+    try:
+        socket.getaddrinfo(text, None)
+    except (OSError, UnicodeError):
+        raise argparse.ArgumentTypeError(f"host {text!r} does not resolve on this machine") from None
+    return text
+
+
+def _folder(text: str) -> str:
+    """A non-empty path (an empty one would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the folder is empty: give a path")
+    return text
+
+
 def _seq_len(text: str) -> int:
     value = _positive(text)
     if value < 2:
@@ -53,47 +102,85 @@ def _seq_len(text: str) -> int:
     return value
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends each option with its default, when it has a meaningful one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" in text or not action.option_strings or action.required
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mechscope", description="Neuron catalogues for GPT-2-style models, offline.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    b = sub.add_parser("build", help="run a model over a corpus and write a store")
+    fmt = _DefaultsFormatter  # every option's help ends with its default
+    b = sub.add_parser("build", help="run a model over a corpus and write a store", formatter_class=fmt,
+                       description="Run a model over a corpus once and write a store: per-neuron and per-head "
+                       "statistics, examples and weight analyses as Parquet tables with a manifest. "
+                       "A killed build leaves no store; --resume continues it to the same store.")
     b.add_argument("--model", required=True, help="smollm2-135m, gpt2-random, tiny-gpt2, a HF id or folder")
     b.add_argument("--corpus", required=True, help="wiki-vital, a .txt/.jsonl/.parquet file or folder, hf:NAME")
-    b.add_argument("--max-tokens", type=_count, default=None, help="tokens to read (windows x seq-len)")
-    b.add_argument("--out", required=True, help="new (or empty) folder for the store")
-    b.add_argument("--seq-len", type=_seq_len, default=128)
-    b.add_argument("--batch-size", type=_positive, default=8)
-    b.add_argument("--top-k", type=_positive, default=20)
+    b.add_argument("--max-tokens", type=_count, default=None,
+                   help="tokens to read (windows x seq-len); default: the whole corpus")
+    b.add_argument("--out", required=True, type=_folder, help="new (or empty) folder for the store")
+    b.add_argument("--seq-len", type=_seq_len, default=128, help="tokens per window, BOS included")
+    b.add_argument("--batch-size", type=_positive, default=8,
+                   help="windows per forward pass (memory and speed only: the store does not depend on it)")
+    b.add_argument("--top-k", type=_positive, default=20,
+                   help="top examples per neuron and per head (neurons: at most one per window)")
     b.add_argument("--records", type=_positive, default=256, help="activation records per neuron")
     b.add_argument("--hist-sample", type=int, choices=(1, 2, 4, 8, 16), default=8,
                    help="histograms and band samples see 1 in N positions (by position hash)")
+    b.add_argument("--lens-sample", type=int, choices=tuple(2**i for i in range(13)), default=128, metavar="N",
+                   help="the logit lens decodes 1 in N spans of 16 positions (by position hash; a power of two "
+                        "up to 4096; 1 decodes every position, at several forward passes' cost)")
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    b.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    b.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="the model's weights and activations")
     b.add_argument("--resume", action="store_true", help="continue a killed build from its checkpoint")
-    b.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
+    b.add_argument("--checkpoint-every", type=_seconds, default=120.0, metavar="SECONDS",
                    help="how often to save a checkpoint that --resume continues from")
-    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
-    for name, text in (("info", "summarise a store"), ("verify", "check a store's checksums and schema")):
-        sub.add_parser(name, help=text).add_argument("store")
+    for name, text, more in (
+        ("info", "summarise a store", "Print what a store holds: model, corpus, build, timings, rows per table, "
+         "and the tables it lacks with the way to get them."),
+        ("verify", "check a store's checksums and schema", "Check a store without recomputing it: every table "
+         "listed with its recorded size, sha256 and row count, its columns as the schema says, rows in sort-key "
+         "order. Exit status 0 when it holds, 1 with the problems listed."),
+    ):
+        sub.add_parser(name, help=text, description=more).add_argument("store", type=_folder,
+                                                                       help="the store folder")
 
-    q = sub.add_parser("query", help="run one read-only SQL query over a store")
-    q.add_argument("store")
-    q.add_argument("sql")
-    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    q.add_argument("--max-rows", type=_positive, default=10_000)
+    q = sub.add_parser("query", help="run one read-only SQL query over a store", formatter_class=fmt,
+                       description="Run one read-only DuckDB SQL statement over a store's tables (one view per "
+                       "table: neurons, neuron_examples, activations, tokens, heads, ...; the README lists "
+                       "every column). Writes, file access and extensions are refused.")
+    q.add_argument("store", type=_folder, help="the store folder")
+    q.add_argument("sql", help="one SELECT (or WITH ... SELECT) statement")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="how rows are printed")
+    q.add_argument("--max-rows", type=_positive, default=10_000, help="rows printed at most")
 
-    s = sub.add_parser("serve", help="open the dashboard on a store or a folder of stores")
-    s.add_argument("store")
-    s.add_argument("--port", type=_positive, default=8501)
-    s.add_argument("--host", default="127.0.0.1")
+    s = sub.add_parser("serve", help="open the dashboard on a store or a folder of stores", formatter_class=fmt,
+                       description="Serve the Streamlit dashboard on a store (or on a folder of stores, with a "
+                       "picker) and print its URL.")
+    s.add_argument("store", type=_folder, help="a store folder, or a folder of store folders")
+    s.add_argument("--port", type=_port, default=8501, help="TCP port to serve on")
+    s.add_argument("--host", type=_host, default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface, reachable from other machines)")
 
-    d = sub.add_parser("demo", help=f"build {DEMO_MODEL} x {DEMO_CORPUS} if missing, then serve it")
-    d.add_argument("--dir", default=os.environ.get("MECHSCOPE_DEMO_DIR", "stores/demo"))
-    d.add_argument("--max-tokens", type=_count, default=DEMO_TOKENS)
-    d.add_argument("--port", type=_positive, default=8501)
-    d.add_argument("--host", default="127.0.0.1")
+    d = sub.add_parser("demo", help=f"build {DEMO_MODEL} x {DEMO_CORPUS} if missing, then serve it",
+                       formatter_class=fmt, description=f"Build the embedded demo store ({DEMO_MODEL} over "
+                       f"{DEMO_CORPUS}, offline) unless it exists, then serve the dashboard on it.")
+    d.add_argument("--dir", type=_folder, default=os.environ.get("MECHSCOPE_DEMO_DIR", "stores/demo"),
+                   help="the demo store's folder ($MECHSCOPE_DEMO_DIR)")
+    d.add_argument("--max-tokens", type=_count, default=DEMO_TOKENS, help="tokens the demo build reads")
+    d.add_argument("--port", type=_port, default=8501, help="TCP port to serve on")
+    d.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on")
     d.add_argument("--no-serve", action="store_true", help="build only")
     return p
 
@@ -152,7 +239,8 @@ def _build(args) -> int:
     from pipeline.stats import StatsConfig
 
     stats = StatsConfig(seq_len=args.seq_len, top_k=args.top_k, records=max(args.records, args.top_k),
-                        hist_sample_shift=args.hist_sample.bit_length() - 1)
+                        hist_sample_shift=args.hist_sample.bit_length() - 1,
+                        lens_sample_shift=args.lens_sample.bit_length() - 1)
     params = BuildParams(model=args.model, corpus=args.corpus, max_tokens=args.max_tokens, stats=stats,
                          batch_size=args.batch_size, dtype=args.dtype)
     out = build(params, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
@@ -189,7 +277,7 @@ def _lacking(store) -> str:
 
     groups: dict[str, list[str]] = {}
     for t in TABLES:
-        if not store.has(t.name):
+        if t.built and not store.has(t.name):
             groups.setdefault(FAMILIES.get(t.family, t.family), []).append(t.name)
     if not groups:
         return ""

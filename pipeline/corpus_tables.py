@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline import corpus as corpora
 from pipeline.example_windows import ExampleWindows
 from pipeline.stats.deferred import TokenIdsAt, TokenWindows
-from pipeline.windows import decode_tokens, iter_windows
+from pipeline.windows import decode_joint, decode_tokens, iter_windows
 from store.schema import table
 
 
@@ -76,7 +76,9 @@ def write_corpus_tables(writer, params, model, n_windows: int, windows: Sequence
         if docs:
             doc_out.write(pa.Table.from_pylist(docs, schema=doc_schema))
 
-    texts = [ex.token_texts(lambda ids: decode_tokens(model.tokenizer, ids)) for ex in examples]
+    solo = lambda ids: decode_tokens(model.tokenizer, ids)  # noqa: E731
+    texts = [ex.merged_texts(solo, lambda ids: decode_joint(model.tokenizer, ids)) if w.merged else ex.token_texts(solo)
+             for ex, w in zip(examples, windows, strict=True)]
     return {"n_documents": n_docs}, texts, [_lookup(r.positions, wanted, found) for r in ids_at]
 
 

@@ -97,7 +97,8 @@ class Harvest:
     def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         missing = [stat.name for stat in self.stats if stat.name not in state]
         if missing:
-            raise KeyError(f"the checkpoint has no state for {', '.join(missing)}")
+            raise ValueError(f"the checkpoint has no state for {', '.join(missing)} "
+                             "(it was written by another mechscope or another statistics set)")
         for stat in self.stats:
             stat.load_state_dict(state[stat.name])
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,6 +118,11 @@ def decode_tokens(tokenizer, token_ids: Iterable[int]) -> dict[int, str]:
                                        clean_up_tokenization_spaces=False)
         cache.update(zip(missing, texts, strict=True))
     return {i: cache[i] for i in wanted}
+
+
+def decode_joint(tokenizer, token_ids: Sequence[int]) -> str:
+    """A run of ids decoded together (a character split over byte-level tokens comes out whole)."""
+    return tokenizer.decode(list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 # --- packing -------------------------------------------------------------------------------

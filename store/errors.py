@@ -21,6 +21,10 @@ class QueryTimeout(QueryRefused):
     """User SQL stopped because it ran past its time limit."""
 
 
+class QueryBusy(QueryRefused):
+    """User SQL not started: the server runs as many user queries as it allows; try again."""
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an exception's message (DuckDB's messages add a caret diagram below)."""
     text = str(exc).strip()

@@ -22,10 +22,15 @@ if TYPE_CHECKING:
     from store.reader import Store
 
 # Catalogue columns, in display order; the list columns are the first few value tokens.
-CATALOGUE_COLUMNS = ("layer", "neuron", "max", "density_frac", "deletion_cos", "kv_agreement_frac")
+CATALOGUE_COLUMNS = ("layer", "neuron", "max", "after_bos_frac", "density_frac", "strong_frac", "deletion_cos",
+                     "kv_agreement_frac")
 # Numeric `neurons` columns the catalogue can filter by range (and `score_bounds` reports).
-RANGE_COLUMNS = ("max", "density_frac", "deletion_cos", "kv_agreement_frac")
+RANGE_COLUMNS = ("max", "density_frac", "strong_frac", "deletion_cos", "kv_agreement_frac")
 N_VALUE_TOKENS = 5
+# A neuron whose top examples sit mostly (more than this share) on the first token after a BOS
+# is a position artefact (massive activations / attention sink), not a response to text.
+ARTEFACT_FRAC = 0.5
+_TEXT_NEURON = f"coalesce(after_bos_frac, 0) <= {ARTEFACT_FRAC}"
 # Scalar float columns of `heads`: what the head matrix and the head catalogue can show and sort by.
 HEAD_SCORE_COLUMNS = tuple(c.name for c in HEADS.columns if pa.types.is_floating(c.type))
 COMPOSITION_KINDS = ("q", "k", "v")
@@ -47,12 +52,17 @@ def row_counts(store: Store) -> pa.Table:
 
 
 def layer_summary(store: Store) -> pa.Table:
-    """Per layer: neurons, mean density, mean of per-neuron max (activation scale), mean deletion_cos."""
+    """Per layer: neurons, mean density, mean strong_frac, mean of per-neuron max (activation
+    scale) over all neurons and over those that respond to text (`mean_max_text`: first-after-BOS
+    artefacts left out), the number of artefacts, mean deletion_cos."""
     return store.sql(
-        """
+        f"""
         SELECT layer, count(*) AS n_neurons,
                avg(density_frac) AS mean_density_frac,
+               avg(strong_frac) AS mean_strong_frac,
                avg("max") AS mean_max,
+               avg("max") FILTER (WHERE {_TEXT_NEURON}) AS mean_max_text,
+               count(*) FILTER (WHERE NOT ({_TEXT_NEURON})) AS n_artefacts,
                avg(deletion_cos) AS mean_deletion_cos
         FROM neurons GROUP BY layer ORDER BY layer
         """,
@@ -65,15 +75,23 @@ def layer_range(store: Store) -> pa.Table:
     return store.sql("SELECT min(layer) AS lo, max(layer) AS hi FROM neurons", [])
 
 
-def notable_neurons(store: Store, column: str, descending: bool, n: int) -> pa.Table:
-    """The `n` neurons with the largest (or smallest) value of a numeric `neurons` column."""
+def notable_neurons(store: Store, column: str, descending: bool, n: int, artefacts: bool | None = False) -> pa.Table:
+    """The `n` neurons with the largest (or smallest) value of a numeric `neurons` column, with
+    their `after_bos_frac`. `artefacts`: False (default) keeps neurons that respond to text
+    (after_bos_frac <= ARTEFACT_FRAC), True only the first-after-BOS artefacts, None both."""
     NEURONS.column(column)  # raises KeyError: only schema identifiers reach the SQL text
     order = "DESC" if descending else "ASC"
+    keep = "" if artefacts is None else f" AND {'NOT ' if artefacts else ''}({_TEXT_NEURON})"
     return store.sql(
-        f'SELECT layer, neuron, "{column}" AS value FROM neurons WHERE "{column}" IS NOT NULL '
+        f'SELECT layer, neuron, "{column}" AS value, after_bos_frac FROM neurons WHERE "{column}" IS NOT NULL{keep} '
         f'ORDER BY "{column}" {order}, layer, neuron LIMIT ?',
         [n],
     )
+
+
+def artefact_count(store: Store) -> pa.Table:
+    """One row: `n_artefacts`, the neurons whose top examples sit mostly right after a BOS."""
+    return store.sql(f"SELECT count(*) FILTER (WHERE NOT ({_TEXT_NEURON})) AS n_artefacts FROM neurons", [])
 
 
 def score_bounds(store: Store) -> pa.Table:
@@ -99,41 +117,76 @@ def _range_filter(ranges: Sequence[tuple[str, float, float]]) -> tuple[str, list
 
 
 def neuron_catalogue(store: Store, layer_lo: int, layer_hi: int, promotes: str = "", fires_on: str = "",
-                     ranges: Sequence[tuple[str, float, float]] = ()) -> pa.Table:
-    """Neurons in [layer_lo, layer_hi] with their headline numbers and first value tokens.
+                     ranges: Sequence[tuple[str, float, float]] = (), artefacts: bool | None = False,
+                     search: str = "") -> pa.Table:
+    """Neurons in [layer_lo, layer_hi] with their headline numbers, the tokens they fire on
+    (`fires_on_tokens`) and their first value tokens.
 
     `promotes`: keep neurons whose top value tokens include it. `fires_on`: keep neurons with
-    activation records on it, adding `fires_on_records` (how many) and `fires_on_max`. Both
-    compare token text with surrounding whitespace stripped, case-insensitively. `ranges`:
-    (column, lo, hi) triples over RANGE_COLUMNS, inclusive, all of which must hold.
+    activation records on it, ranked by `selectivity` (see `token_selectivity`), with
+    `fires_on_records` and `fires_on_max`. Both compare token text with surrounding whitespace
+    stripped, case-insensitively. `ranges`: (column, lo, hi) triples over RANGE_COLUMNS,
+    inclusive, all of which must hold. `artefacts`: False (default) leaves out the neurons whose
+    top examples sit mostly on the first token after a BOS, True keeps only those, None keeps
+    both. `search`: keep neurons whose explanation contains this text, case-insensitively.
     """
     cols = ", ".join(f'n."{c}"' for c in CATALOGUE_COLUMNS)
     range_sql, range_params = _range_filter(ranges)
-    params: list = [N_VALUE_TOKENS, layer_lo, layer_hi, *range_params]
+    params: list = [N_FIRES_ON, N_VALUE_TOKENS, layer_lo, layer_hi, *range_params]
     where = "n.layer BETWEEN ? AND ?" + range_sql
+    if artefacts is not None:
+        where += f" AND {'NOT ' if artefacts else ''}(coalesce(n.after_bos_frac, 0) <= {ARTEFACT_FRAC})"
     if promotes.strip():
         where += " AND list_contains(list_transform(n.kv_top_tokens, lambda t: lower(trim(t))), ?)"
         params.append(_norm(promotes))
+    if search.strip():
+        where += " AND contains(lower(n.explanation), ?)"
+        params.append(search.strip().lower())
+    select = (f"SELECT {cols}, n.fires_on_tokens[1:?] AS fires_on_tokens, n.kv_top_tokens[1:?] AS top_value_tokens, "
+              "n.explanation")
     if not fires_on.strip():
-        return store.sql(
-            f"SELECT {cols}, n.kv_top_tokens[1:?] AS top_value_tokens FROM neurons n "
-            f"WHERE {where} ORDER BY n.layer, n.neuron",
-            params,
-        )
-    params = [_norm(fires_on), *params]
+        return store.sql(f"{select} FROM neurons n WHERE {where} ORDER BY n.layer, n.neuron", params)
     return store.sql(
         f"""
-        WITH hits AS (
-            SELECT a.layer, a.neuron, count(*) AS fires_on_records, max(a.activation) AS fires_on_max
-            FROM activations a
-            WHERE (a.seq_id, a.pos) IN (SELECT (t.seq_id, t.pos) FROM tokens t WHERE lower(trim(t.token)) = ?)
-            GROUP BY a.layer, a.neuron
-        )
-        SELECT {cols}, n.kv_top_tokens[1:?] AS top_value_tokens, h.fires_on_records, h.fires_on_max
+        WITH {_SELECTIVITY_CTE}
+        {select}, h.selectivity, h.fires_on_records, h.fires_on_max
         FROM neurons n JOIN hits h ON h.layer = n.layer AND h.neuron = n.neuron
-        WHERE {where} ORDER BY h.fires_on_max DESC, n.layer, n.neuron
+        WHERE {where} ORDER BY h.selectivity DESC, n.layer, n.neuron
         """,
-        params,
+        [_norm(fires_on), *params],
+    )
+
+
+N_FIRES_ON = 5
+# Per neuron with activation records on the token (bound first: its text, normalised): how many
+# records, the largest, and the selectivity: the neuron's mean activation over *every*
+# occurrence of the token, each occurrence without a record counted at the neuron's mean (it is
+# below the neuron's R-th strongest activation), in units of its standard deviation above its
+# mean. High only when the neuron fires strongly on most occurrences, relative to its own scale.
+_SELECTIVITY_CTE = """
+    occ AS (SELECT seq_id, pos FROM tokens WHERE doc_id >= 0 AND lower(trim(token)) = ?),
+    hits AS (
+        SELECT a.layer, a.neuron, count(*) AS fires_on_records, max(a.activation) AS fires_on_max,
+               (sum(a.activation) - count(*) * any_value(m.mean))
+                 / ((SELECT count(*) FROM occ) * nullif(any_value(m.std), 0)) AS selectivity
+        FROM activations a JOIN neurons m ON m.layer = a.layer AND m.neuron = a.neuron
+        WHERE (a.seq_id, a.pos) IN (SELECT (seq_id, pos) FROM occ)
+        GROUP BY a.layer, a.neuron
+    )"""
+
+
+def token_selectivity(store: Store, token: str, n: int) -> pa.Table:
+    """The `n` neurons most selective for a token (text compared stripped, case-insensitively):
+    (layer, neuron, selectivity, fires_on_records, fires_on_max, after_bos_frac), most selective
+    first; see `_SELECTIVITY_CTE` for the measure."""
+    return store.sql(
+        f"""
+        WITH {_SELECTIVITY_CTE}
+        SELECT h.layer, h.neuron, h.selectivity, h.fires_on_records, h.fires_on_max, n.after_bos_frac
+        FROM hits h JOIN neurons n USING (layer, neuron)
+        ORDER BY h.selectivity DESC NULLS LAST, h.layer, h.neuron LIMIT ?
+        """,
+        [_norm(token), n],
     )
 
 
@@ -148,12 +201,26 @@ def neuron_examples(store: Store, layer: int, neuron: int, kind: str) -> pa.Tabl
     the row itself (not `tokens`), so the cost does not grow with the corpus (bench/README.md)."""
     return store.sql(
         """
-        SELECT rank, seq_id, pos, activation, ctx_start, context_acts, context_tokens
+        SELECT rank, seq_id, pos, activation, ctx_start, context_acts, context_tokens, context_display
         FROM neuron_examples
         WHERE layer = ? AND neuron = ? AND kind = ?
         ORDER BY rank
         """,
         [layer, neuron, kind],
+    )
+
+
+def window_tokens(store: Store, seq_id: int) -> pa.Table:
+    """Every token of one window: (pos, token, is_bos), by position."""
+    return store.sql("SELECT pos, token, doc_id < 0 AS is_bos FROM tokens WHERE seq_id = ? ORDER BY pos", [seq_id])
+
+
+def neuron_explanations(store: Store, layer: int, neuron: int) -> pa.Table:
+    """One neuron's LLM explanations (`neuron_explanations`), best score first."""
+    return store.sql(
+        "SELECT explainer, explanation, score, simulator, scored_tokens, created_at FROM neuron_explanations "
+        "WHERE layer = ? AND neuron = ? ORDER BY score DESC NULLS LAST, explainer",
+        [layer, neuron],
     )
 
 
@@ -184,14 +251,15 @@ def deletion_neurons(store: Store, n: int, layer_lo: int, layer_hi: int, n_examp
             ORDER BY deletion_cos, layer, neuron LIMIT ?
         ), e AS (
             SELECT e.layer, e.neuron, e.rank, e.seq_id, e.pos, e.activation, e.ctx_start, e.context_acts,
-                   e.context_tokens
+                   e.context_tokens, e.context_display
             FROM neuron_examples e SEMI JOIN d ON d.layer = e.layer AND d.neuron = e.neuron
             WHERE e.kind = 'top' AND e.rank < ?
         ), g AS (
             SELECT layer, neuron,
                    list({'rank': rank, 'seq_id': seq_id, 'pos': pos, 'activation': activation,
                          'ctx_start': ctx_start, 'context_acts': context_acts,
-                         'context_tokens': context_tokens} ORDER BY rank) AS examples
+                         'context_tokens': context_tokens, 'context_display': context_display}
+                         ORDER BY rank) AS examples
             FROM e GROUP BY layer, neuron
         )
         SELECT d.*, g.examples FROM d LEFT JOIN g USING (layer, neuron)
@@ -376,4 +444,20 @@ JOIN heads i ON i.layer = c.dst_layer AND i.head = c.dst_head
 WHERE c.kind = 'k'
 ORDER BY c.score * p.prev_token_score * i.rand_induction_score DESC
 LIMIT 20""",
+    "Logit lens: from which layer on does the prediction settle?": """\
+-- per residual state: how close its decoded distribution is to the output, and how often its
+-- top-1 already is the model's (top1_agreement) or the true next token (next_token_accuracy)
+SELECT depth, layer, site, kl_to_final_mean, top1_agreement, next_token_accuracy, resid_norm_mean
+FROM layer_stats
+ORDER BY depth""",
+    "Attention against MLP: who writes more, who moves the next-token logit": """\
+SELECT writer_layer AS layer, writer, write_norm_mean, write_share, write_dla_mean
+FROM layer_stats
+WHERE writer <> 'embedding'
+ORDER BY layer, writer""",
+    "Heads that push the true next token most (direct logit attribution)": """\
+SELECT layer, head, dla_mean, ov_copying_score, rand_induction_score
+FROM heads
+ORDER BY dla_mean DESC
+LIMIT 10""",
 }

@@ -4,7 +4,8 @@
 files (`CREATE VIEW neurons AS SELECT * FROM read_parquet('<abs path>')`). `Store.sql` runs
 trusted SQL written in `store/`; user SQL goes through `store/sqlguard.py`, which builds its own
 locked-down connection from `Store.table_files()`. Nothing here writes to the store folder.
-Checksums and schema checks are `store/verify.py`.
+Opening checks the files against the manifest (`store/integrity.py`); full checks (schema, sort
+order) are `store/verify.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pyarrow as pa
 
 from store import schema
 from store.errors import StoreError, one_line
+from store.integrity import check_store_files
 from store.manifest import check_schema_version, read_manifest, table_file_name, table_versions
 
 
@@ -155,9 +157,13 @@ def _version_notice(name: str, version: int | None, spec: schema.Table) -> str:
             f"({spec.version}): rebuild it with `mechscope build` to see its {what}.")
 
 
-def open_store(path: str | Path) -> Store:
-    """Open the store at `path`; StoreError (one line) when it is not a usable store."""
+def open_store(path: str | Path, check: bool = True) -> Store:
+    """Open the store at `path`; StoreError (one line) when it is not a usable store: not a store,
+    a layout this code does not read, or (`check`) a damaged manifest or table file
+    (`store/integrity.py`: present, sizes, Parquet footers, checksums; cached once passed)."""
     p = Path(path).expanduser().absolute()
     manifest = read_manifest(p)
     check_schema_version(manifest, p)
+    if check:
+        check_store_files(p, manifest)
     return Store(p, manifest)

@@ -18,7 +18,8 @@ Store layout (`SCHEMA_VERSION`):
 2. `neuron_examples.context_tokens` (every table required);
 3. tables optional, a version per table in the manifest (stores of layout 2 still open: their
    tables are read at the versions `LAYOUT_2_TABLE_VERSIONS` gives).
-Table versions: `neuron_examples` 2 (context_tokens); the others 1.
+Table versions: `neuron_examples` 2 (context_tokens), 3 (context_display); `neurons` 2 (after_bos_frac, fires_on_tokens,
+fires_on_counts, strong_frac); `heads` 2 (dla_mean, from the logit lens); the others 1.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Table:
     sort_key: tuple[str, ...]
     version: int = 1
     family: str = "corpus"  # what fills it (see FAMILIES): a page for a missing table names how to get it
+    built: bool = True  # written by `mechscope build` (False: an annotation added to a store later)
 
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns])
@@ -151,15 +153,49 @@ NEURONS = Table(
             "its top value tokens (null when no top example has a next token).",
             nullable=True,
         ),
+        _c(
+            "after_bos_frac",
+            pa.float32(),
+            "Fraction of the neuron's top examples that sit on the first token after a BOS "
+            "(position 1, or the first token of a packed document). Near 1: the 'massive "
+            "activation' / attention-sink signature of LLMs (Sun et al. 2024), a response to the "
+            "position rather than to the text (null without examples).",
+            nullable=True,
+        ),
+        _c(
+            "fires_on_tokens",
+            pa.list_(pa.string()),
+            "The most frequent tokens at the neuron's top examples' own positions (up to 5), most "
+            "frequent first; ties: the token of the stronger example first.",
+        ),
+        _c("fires_on_counts", pa.list_(pa.int32()), "How many of the top examples sit on each of those tokens."),
+        _c(
+            "strong_frac",
+            pa.float32(),
+            "Fraction of the histogram's sampled positions where the activation is at least t, the "
+            "power of two in (max/16, max/8] (kept within the histogram's edges 2^-6 .. 2^6): how "
+            "often the neuron fires strongly. Unlike density_frac it means something for gated MLPs "
+            "(whose activation is > 0 about half the time). Null when max <= 0.",
+            nullable=True,
+        ),
+        _c(
+            "explanation",
+            pa.string(),
+            "A short offline explanation written from the neuron's evidence by a template: what it "
+            "fires on (fires_on_tokens), what it promotes (kv_top_tokens, with kv_agreement_frac), "
+            "whether it erases what it reads, and where it sits; position artefacts are named as such.",
+        ),
     ),
     ("layer", "neuron"),
+    version=2,
     family="neurons",
 )
 
 NEURON_EXAMPLES = Table(
     "neuron_examples",
-    "Evidence per neuron: its top-k activating positions over the whole corpus (kind='top', "
-    "rank 0 is the strongest; ties broken by earlier position), and band samples (kind='band'): "
+    "Evidence per neuron: its top-k activating positions over the whole corpus, at most one per "
+    "window: each window's strongest position, the k strongest windows (kind='top', rank 0 is the "
+    "strongest; ties broken by earlier position), and band samples (kind='band'): "
     "one position per histogram bin, drawn uniformly at random within the bin by a hash of the "
     "position, so the draw does not depend on batching or sharding.",
     (
@@ -187,9 +223,18 @@ NEURON_EXAMPLES = Table(
             "The tokens at positions ctx_start, ctx_start+1, ... of the same window, as text "
             "(aligned with context_acts: same length; equal to `tokens.token` at those positions).",
         ),
+        _c(
+            "context_display",
+            pa.list_(pa.string()),
+            "The same tokens as shown: null when none of them decodes alone to U+FFFD (a byte-level "
+            "piece of a character); else context_tokens with each character split over several tokens "
+            "decoded whole, on the token that completes it (earlier pieces show what they complete, "
+            "often ''), where the context holds all its bytes.",
+            nullable=True,
+        ),
     ),
     ("layer", "neuron", "kind", "rank"),
-    version=2,
+    version=3,
     family="neurons",
 )
 
@@ -270,8 +315,14 @@ HEADS = Table(
            "1 .. 127 (a row without that key counts 0). "
            "Null for rotary models, whose weights fix no positional preference without the tokens.",
            nullable=True),
+        _c("dla_mean", pa.float32(),
+           "Mean direct logit attribution to the true next token at the logit lens's sampled positions: "
+           "z_h W_O[h] through the final norm (the final state's scale frozen) and the unembedding column "
+           "of the next token, in logits (layer_stats.write_dla_mean is the whole attention layer's).",
+           nullable=True),
     ),
     ("layer", "head"),
+    version=2,
     family="heads",
 )
 
@@ -347,8 +398,127 @@ NEURON_CIRCUITS = Table(
     family="circuits",
 )
 
+_DEPTH = _c("depth", pa.int16(),
+            "Residual state index: 2*layer for block layer's input (resid_pre), 2*layer+1 after its attention "
+            "(resid_mid), 2*n_layers for the last block's output (resid_post, what the final norm reads).")
+_SITE = _c("site", pa.string(), "'resid_pre', 'resid_mid' or 'resid_post' (the last block's output only).")
+
+LOGIT_LENS = Table(
+    "logit_lens",
+    "The logit lens at sampled positions (spans of 16 positions chosen by a hash of their global position; "
+    "BOS excluded): every residual state decoded through the final norm with its own scale and the "
+    "unembedding. One row per position and depth.",
+    (
+        _SEQ,
+        _POS,
+        _DEPTH,
+        _c("layer", pa.int16(), "The block the state belongs to (see depth)."),
+        _SITE,
+        _c("top_token_ids", pa.list_(pa.int32()), "The decoded distribution's most probable tokens, best first."),
+        _c("top_tokens", pa.list_(pa.string()), "Those tokens as text."),
+        _c("top_probs", pa.list_(pa.float32()), "Their probabilities."),
+        _c("true_prob", pa.float32(), "Probability of the true next token (null at a window's last position).",
+           nullable=True),
+        _c("true_rank", pa.int32(),
+           "Rank of the true next token in the decoded distribution, 0 = top-1 (null without a next token).",
+           nullable=True),
+        _c("kl_to_final", pa.float32(), "KL(final distribution || this depth's), nats; 0 at the last depth."),
+        _c("entropy_nats", pa.float32(), "Entropy of this depth's decoded distribution, nats."),
+        _c("top1_agrees", pa.bool_(), "Whether this depth's top-1 token is the model's final top-1."),
+    ),
+    ("seq_id", "pos", "depth"),
+    family="lens",
+)
+
+LENS_POSITIONS = Table(
+    "lens_positions",
+    "One row per position the logit lens sampled: its tokens, the model's prediction, and the PCA "
+    "experiment over its residual states at block boundaries (the embedding and every block's output): "
+    "the variance share of the first principal component and whether that component, signed toward the "
+    "final state and decoded like a state, gives the final top-1; and the control that scales every "
+    "state to unit norm first (norm growth alone makes a large first component).",
+    (
+        _SEQ,
+        _POS,
+        _c("token_id", pa.int32(), "The token at this position."),
+        _c("next_token_id", pa.int32(), "The true next token (null at a window's last position).", nullable=True),
+        _c("final_top_token_id", pa.int32(), "The model's top-1 prediction here."),
+        _c("final_top_token", pa.string(), "That token as text."),
+        _c("pca_share", pa.float32(), "Share of the variance across layers on the first principal component."),
+        _c("pca_match", pa.bool_(), "Whether that component, decoded, gives the final top-1."),
+        _c("pca_top_token", pa.string(), "The component's decoded top-1 token."),
+        _c("pca_share_normalized", pa.float32(), "The same share with every state scaled to unit norm first."),
+        _c("pca_match_normalized", pa.bool_(), "The match with every state scaled to unit norm first."),
+        _c("pca_top_token_normalized", pa.string(), "The normalised component's decoded top-1 token."),
+    ),
+    ("seq_id", "pos"),
+    family="lens",
+)
+
+LAYER_STATS = Table(
+    "layer_stats",
+    "Per residual state (depth), means over the logit lens's sampled positions: how close the decoded "
+    "distribution is to the final one, how well it predicts the next token, the residual's norm, and "
+    "what the sublayer that produced this state wrote (embedding, an attention layer or an MLP).",
+    (
+        _DEPTH,
+        _c("layer", pa.int16(), "The block the state belongs to (see depth)."),
+        _SITE,
+        _c("n_positions", pa.int64(), "Sampled positions averaged over."),
+        _c("n_next", pa.int64(), "Of those, positions with a next token (next-token columns average these)."),
+        _c("kl_to_final_mean", pa.float32(), "Mean KL(final || this depth), nats.", nullable=True),
+        _c("top1_agreement", pa.float32(), "Fraction of positions whose top-1 here is the final top-1.",
+           nullable=True),
+        _c("entropy_nats_mean", pa.float32(), "Mean entropy of the decoded distribution, nats.", nullable=True),
+        _c("next_token_accuracy", pa.float32(), "Fraction of positions whose top-1 here is the true next token.",
+           nullable=True),
+        _c("next_token_loss", pa.float32(), "Mean -log p(true next token) here, nats.", nullable=True),
+        _c("resid_norm_mean", pa.float32(), "Mean L2 norm of the residual state.", nullable=True),
+        _c("writer", pa.string(), "What wrote this state: 'embedding', 'attention' or 'mlp'."),
+        _c("writer_layer", pa.int16(), "The writer's block (null for the embedding).", nullable=True),
+        _c("write_norm_mean", pa.float32(), "Mean L2 norm of what the writer added (this state minus the one before).",
+           nullable=True),
+        _c("write_share", pa.float32(),
+           "The writer's share of its block's mean squared write, attention against MLP (they sum to 1 "
+           "per block; null for the embedding).", nullable=True),
+        _c("write_dla_mean", pa.float32(),
+           "Mean direct logit attribution of the writer to the true next token, in logits (the final "
+           "state's norm scale frozen; the embedding's, every attention's and every MLP's sum to the final "
+           "logit minus the final norm's and the unembedding's biases).", nullable=True),
+    ),
+    ("depth",),
+    family="lens",
+)
+
+NEURON_EXPLANATIONS = Table(
+    "neuron_explanations",
+    "LLM explanations of neurons, written after the build by `python -m pipeline.explain` through an "
+    "OpenAI-compatible endpoint the user configures, and cached here: the explainer model reads half "
+    "of a neuron's top examples and writes one sentence; a simulator model then predicts, from that "
+    "sentence alone, the activation (0-10) of every token of held-out examples (the other top "
+    "examples and band samples), and the score is the correlation of its predictions with the real "
+    "activations (simulate-and-score, Bills et al. 2023).",
+    (
+        _LAYER,
+        _NEURON,
+        _c("explainer", pa.string(), "The model that wrote the explanation (as the endpoint names it)."),
+        _c("explanation", pa.string(), "The explanation, as the model wrote it (untrusted text: show it as data)."),
+        _c("score", pa.float32(),
+           "Correlation between simulated and real activations over the held-out tokens (1 = perfect; "
+           "null when either is constant).", nullable=True),
+        _c("simulator", pa.string(), "The model that simulated activations from the explanation."),
+        _c("scored_tokens", pa.int32(), "How many held-out tokens the score covers."),
+        _c("endpoint", pa.string(), "The endpoint's base URL."),
+        _c("created_at", pa.string(), "When it was written (UTC, ISO 8601)."),
+    ),
+    ("layer", "neuron", "explainer"),
+    family="explanations",
+    built=False,
+)
+
 TABLES: tuple[Table, ...] = (DOCUMENTS, TOKENS, NEURONS, NEURON_EXAMPLES, ACTIVATIONS, HEADS, HEAD_EXAMPLES,
-                             HEAD_COMPOSITION, NEURON_CIRCUITS)
+                             HEAD_COMPOSITION, NEURON_CIRCUITS, LOGIT_LENS, LENS_POSITIONS, LAYER_STATS,
+                             NEURON_EXPLANATIONS)
 
 # What fills each family of tables, for the notice a page shows when a store lacks one.
 FAMILIES = {
@@ -356,6 +526,8 @@ FAMILIES = {
     "neurons": "neuron statistics",
     "heads": "head statistics",
     "circuits": "neuron circuits",
+    "explanations": "LLM explanations",
+    "lens": "logit-lens statistics",
 }
 
 # Stores of layout 2 record no table versions: these are the versions they hold.

@@ -1,4 +1,4 @@
-"""User SQL over a store, safe to expose: `mechscope query` now, the dashboard's SQL console next.
+"""User SQL over a store, safe to expose: `mechscope query` and the dashboard's SQL console.
 
 Defence in depth; each layer holds on its own for what it covers:
 1. DuckDB's own parser (`extract_statements`): exactly one statement, of type SELECT (which covers
@@ -8,8 +8,10 @@ Defence in depth; each layer holds on its own for what it covers:
 3. A fresh in-memory DuckDB per query: views over the store's Parquet files, then
    allowed_paths = exactly those files, enable_external_access = false, extension autoload and
    autoinstall off, no temp directory (no spill files), a memory limit, then lock_configuration.
-4. Limits: a timer thread calls `interrupt()` after `timeout_s`; rows stream and stop at `max_rows`;
-   the Arrow result handed back is capped at `max_bytes` (DuckDB's memory_limit bounds the rest).
+4. Limits, in a worker process per query (`store/sqlworker.py`): an OS address-space cap and
+   DuckDB's memory_limit, a hard kill at `timeout_s`, rows and bytes counted while they stream
+   (stop at `max_rows`, refuse past `max_bytes`), at most `MAX_CONCURRENT` at once per server.
+   The worker's views name their files relative to the store folder: no absolute path shows.
 
 What DuckDB 2.0 does here (tests/test_sqlguard.py pins it): with external access off, reads,
 globs, ATTACH, COPY and EXPORT outside allowed_paths fail, INSTALL/LOAD fail, Python replacement
@@ -22,20 +24,20 @@ SELECT can call setting-changing table functions (enable_logging()): lock_config
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
 import re
-import threading
-import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from store.errors import QueryRefused, QueryTimeout, StoreError, one_line
-from store.reader import Store, arrow_reader, sql_string, view_sql
+from store.errors import QueryBusy, QueryRefused, QueryTimeout, StoreError, one_line
+from store.reader import Store, sql_string, view_sql
+from store.sqlworker import DUCKDB_MEMORY, WorkerLimits, run_in_worker
 
-__all__ = ["QueryRefused", "QueryResult", "QueryTimeout", "check_user_sql", "run_user_query"]
+__all__ = ["QueryBusy", "QueryRefused", "QueryResult", "QueryTimeout", "check_user_sql", "run_user_query"]
 
 MAX_SQL_CHARS = 100_000
 ALLOWED_TABLE_FUNCTIONS = frozenset({
@@ -51,33 +53,29 @@ _ONLY = "only SELECT, WITH and EXPLAIN queries run here"
 
 
 @dataclass(frozen=True)
-class Limits:
-    max_rows: int
-    timeout_s: float
-    memory_limit: str
-    max_bytes: int
-
-
-@dataclass(frozen=True)
 class QueryResult:
     table: pa.Table
     truncated: bool
     elapsed_s: float
+    peak_rss_bytes: int = 0  # the worker process's peak resident memory
 
 
 def run_user_query(store: Store, sql: str, *, max_rows: int = 10_000, timeout_s: float = 10.0,
-                   memory_limit: str = "2GB", max_bytes: int = 256 * 2**20) -> QueryResult:
-    """Run one read-only query from a user. QueryRefused for what the guard will not run (and
-    QueryTimeout past `timeout_s`); StoreError for what DuckDB rejects (syntax, unknown column).
-    `memory_limit` bounds DuckDB's working memory; `max_bytes` the Arrow result handed back."""
+                   memory_limit: str = DUCKDB_MEMORY, max_bytes: int = 256 * 2**20) -> QueryResult:
+    """Run one read-only query from a user in a bounded worker process (`store/sqlworker.py`).
+    QueryRefused for what the guard will not run or what passes a limit (memory, result bytes),
+    QueryTimeout past `timeout_s`, QueryBusy when the server runs its most queries already;
+    StoreError for what DuckDB rejects (syntax, unknown column). `memory_limit` is DuckDB's own
+    limit inside the worker's address-space cap; `max_bytes` bounds the Arrow result handed back."""
     if max_rows < 0 or timeout_s <= 0 or max_bytes <= 0 or not _MEMORY.fullmatch(memory_limit):
         raise ValueError("max_rows must be >= 0, timeout_s and max_bytes > 0, memory_limit like '2GB'")
     stmt = check_user_sql(sql)
-    con = _sandbox(store, memory_limit)
-    try:
-        return _execute(con, stmt, Limits(max_rows, timeout_s, memory_limit, max_bytes))
-    finally:
-        con.close()
+    folder = store.path.resolve()
+    files = {name: os.path.relpath(file, folder) for name, file in store.table_files().items()}
+    out = run_in_worker(folder, files, stmt.query, WorkerLimits(max_rows, timeout_s, max_bytes,
+                                                                duckdb_memory=memory_limit))
+    table = pa.Table.from_batches(out.batches, schema=out.schema)
+    return QueryResult(table, out.truncated, out.elapsed_s, out.peak_rss_bytes)
 
 
 def check_user_sql(sql: str) -> duckdb.Statement:
@@ -163,9 +161,13 @@ def _check_tree(con: duckdb.DuckDBPyConnection, text: str) -> None:
 
 
 def _sandbox(store: Store, memory_limit: str) -> duckdb.DuckDBPyConnection:
-    """A new in-memory database with the store's views that can open nothing but the store's
-    table files, load no extension and change no setting."""
-    files = store.table_files()
+    """`sandbox` over a store's files by absolute path (what tests of DuckDB's own sandbox use)."""
+    return sandbox({name: str(f) for name, f in store.table_files().items()}, memory_limit)
+
+
+def sandbox(files: dict[str, str], memory_limit: str, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A new in-memory database with a view per table (`files`: {name: its Parquet file}) that can
+    open nothing but those files, load no extension and change no setting."""
     con = duckdb.connect(":memory:")
     try:
         for setting in (
@@ -173,6 +175,7 @@ def _sandbox(store: Store, memory_limit: str) -> duckdb.DuckDBPyConnection:
             "SET autoload_known_extensions = false",
             "SET allow_community_extensions = false",
             f"SET memory_limit = {sql_string(memory_limit)}",
+            *([f"SET threads = {int(threads)}"] if threads else []),
             "SET temp_directory = ''",  # no spill files: a query over the limit fails instead
             "SET python_enable_replacements = false",  # no Python variables as tables
             "SET allowed_paths = [" + ", ".join(sql_string(str(f)) for f in files.values()) + "]::VARCHAR[]",
@@ -180,59 +183,9 @@ def _sandbox(store: Store, memory_limit: str) -> duckdb.DuckDBPyConnection:
         ):
             con.execute(setting)
         for name, file in files.items():
-            con.execute(view_sql(name, file))
+            con.execute(view_sql(name, Path(file)))
         con.execute("SET lock_configuration = true")
     except BaseException:
         con.close()
         raise
     return con
-
-
-def _execute(con: duckdb.DuckDBPyConnection, stmt: duckdb.Statement, limits: Limits) -> QueryResult:
-    timed_out = threading.Event()
-
-    def stop() -> None:
-        timed_out.set()
-        with contextlib.suppress(duckdb.Error):  # the query finished and the connection closed meanwhile
-            con.interrupt()
-
-    timer = threading.Timer(limits.timeout_s, stop)
-    timer.daemon = True
-    started = time.perf_counter()
-    timer.start()
-    try:
-        reader = arrow_reader(con.sql(stmt), batch_size=min(limits.max_rows + 1, 8192))
-        batches, rows, size = [], 0, 0
-        for batch in reader:
-            if timed_out.is_set():
-                break
-            batches.append(batch)
-            rows, size = rows + batch.num_rows, size + batch.nbytes
-            if size > limits.max_bytes:
-                raise QueryRefused(f"the result is larger than {limits.max_bytes / 2**20:g} MiB; "
-                                   "select fewer rows or columns")
-            if rows > limits.max_rows:
-                break
-        if timed_out.is_set():
-            raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
-        table = pa.Table.from_batches(batches, schema=reader.schema)
-    except (duckdb.Error, pa.ArrowException) as e:
-        raise _translate(e, timed_out.is_set(), limits) from None
-    finally:
-        timer.cancel()
-    elapsed = time.perf_counter() - started
-    return QueryResult(table.slice(0, limits.max_rows), table.num_rows > limits.max_rows, elapsed)
-
-
-def _translate(e: Exception, timed_out: bool, limits: Limits) -> StoreError:
-    """DuckDB's error as a one-line StoreError; the sandbox's refusals as QueryRefused."""
-    msg = one_line(e)
-    if timed_out or isinstance(e, duckdb.InterruptException) or "INTERRUPT" in msg:
-        return QueryTimeout(f"query stopped after the {limits.timeout_s:g} s time limit; narrow it (WHERE, LIMIT)")
-    if isinstance(e, duckdb.OutOfMemoryException) or "Out of Memory" in msg:
-        return QueryRefused(f"query needs more than the {limits.memory_limit} memory limit; narrow it (WHERE, LIMIT)")
-    if isinstance(e, duckdb.PermissionException) or "Permission Error" in msg:
-        return QueryRefused(f"refused: queries can read only the store's tables ({msg})")
-    if "configuration has been locked" in msg:
-        return QueryRefused("refused: queries cannot change settings")
-    return StoreError(msg)

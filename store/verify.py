@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from store import schema
 from store.errors import StoreError, one_line
+from store.integrity import manifest_problems
 from store.manifest import MANIFEST_NAME, read_manifest, refuse_partial, sha256_file, table_file_name, table_versions
 
 SORT_CHECK_BATCH = 1 << 20
@@ -38,6 +39,8 @@ def verify_store(path: str | Path) -> list[str]:
         hint = "; rebuild the store" if isinstance(version, int) and version < schema.OLDEST_SCHEMA_VERSION else ""
         problems.append(f"{MANIFEST_NAME}: schema_version is {version!r}, this code reads "
                         f"{schema.OLDEST_SCHEMA_VERSION} to {schema.SCHEMA_VERSION}{hint}")
+    # the manifest's shape: sections that are not objects, entries without rows, bytes or sha256
+    problems += [p for p in manifest_problems(manifest) if p.startswith(f"{MANIFEST_NAME}: '") or "no valid" in p]
     listed = manifest.get("tables")
     if not isinstance(listed, dict):
         return [*problems, f"{MANIFEST_NAME}: no 'tables' object"]

@@ -104,13 +104,15 @@ def test_old_store_opens_in_info_query_and_verify(tmp_path, capsys):
     assert main(["info", str(store)]) == 0
     out = capsys.readouterr().out
     assert "neurons 512" in out and "lacks" in out and "head statistics" in out
-    assert main(["query", str(store), "SELECT count(*) AS n FROM neurons", "--format", "csv"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["n", "512"]
+    assert main(["query", str(store), "SELECT count(*) AS n FROM activations", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["n", "2048"]
     assert main(["verify", str(store)]) == 0
     s = open_store(store)
-    assert s.tables() == ["documents", "tokens", "neurons", "neuron_examples", "activations"]
+    # its `neurons` is version 1 (before after_bos_frac, fires_on_tokens, strong_frac, explanation): named, not read
+    assert s.tables() == ["documents", "tokens", "activations"]  # neuron_examples: version 2, before context_display
     assert "no head statistics" in s.missing("heads") and "mechscope build" in s.missing("heads")
-    assert s.missing("neurons") is None
+    assert "version 1, older than this mechscope reads (2)" in s.missing("neurons")
+    assert s.missing("activations") is None
 
 
 def test_a_table_in_another_version_is_named_not_read(tmp_path):
@@ -121,11 +123,11 @@ def test_a_table_in_another_version_is_named_not_read(tmp_path):
     m = json.loads((store / "manifest.json").read_text())
     m["schema_version"] = 3
     for entry in m["tables"].values():
-        entry["version"] = 1  # neuron_examples is version 2 in this code
+        entry["version"] = 1  # neuron_examples is version 3 in this code
     (store / "manifest.json").write_text(json.dumps(m))
     s = open_store(store)
-    assert not s.has("neuron_examples") and s.has("neurons")
-    assert "version 1, older than this mechscope reads (2)" in s.missing("neuron_examples")
+    assert not s.has("neuron_examples") and s.has("activations")
+    assert "version 1, older than this mechscope reads (3)" in s.missing("neuron_examples")
     assert verify_store(store) == []
 
 

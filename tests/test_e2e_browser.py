@@ -123,7 +123,7 @@ def test_overview(page, server):
 
 
 def test_catalogue(page, server):
-    _open(page, f"{server}/neurons", "16 neurons")
+    _open(page, f"{server}/neurons", "15 neurons")  # the position artefact L1/N6 is one switch away
     _shot(page, "catalogue")
     page.get_by_role("textbox", name="promotes token").fill("Paris")
     page.get_by_role("textbox", name="promotes token").press("Enter")
@@ -208,6 +208,50 @@ def test_circuits_filters_in_the_url_and_nodes_link(page, server):
     nodes.nth(6).click()  # layer 1, head 2: the induction head
     page.wait_for_url("**/head?layer=1&head=2")
     page.get_by_text("Layer 1, head 2").wait_for()
+
+
+def test_logit_lens_grid_and_colour_in_the_url(page, server):
+    _open(page, f"{server}/lens?window=4", "Over the corpus")
+    cells = page.locator('[data-testid="stVegaLiteChart"] svg.marks g.mark-rect path')
+    cells.nth(5 * 15 - 1).wait_for()  # 5 residual states x positions 1-15 of window 4
+    texts = page.locator('[data-testid="stVegaLiteChart"] svg.marks g.mark-text text')
+    assert texts.count() >= 5 * 15  # each cell names its top-1 token
+    _shot(page, "lens")
+    page.get_by_text("kl", exact=True).click()  # colour by KL to the output: the URL follows
+    page.wait_for_url("**colour=kl**")
+    assert "window=4" in page.url
+    page.locator('[data-testid="stVegaLiteChart"]').first.hover()
+
+
+def test_residual_stream_page(page, server):
+    _open(page, f"{server}/residual", "The PCA experiment")
+    page.get_by_text("1 of 2").wait_for()  # planted: the MLP writes more than attention in one layer
+    bars = page.locator('[data-testid="stVegaLiteChart"] svg.marks g.mark-rect path')
+    bars.nth(3).wait_for()
+    _shot(page, "residual")
+
+
+def test_live_prompt_ablate_and_patch(page, server):
+    _open(page, f"{server}/live?model=tiny-gpt2", "Interventions")
+    box = page.get_by_role("textbox", name="prompt", exact=True)
+    box.fill("The cat sat on the mat")
+    box.press("Control+Enter")  # a text area commits on Ctrl+Enter
+    page.wait_for_url("**prompt=The+cat+sat**")
+    page.get_by_role("spinbutton", name="layer", exact=True).fill("1")
+    page.get_by_role("spinbutton", name="head / neuron").fill("2")
+    page.get_by_role("button", name="Add").click()
+    page.get_by_role("button", name="✕ zero L1H2").wait_for()  # the chip
+    assert "iv=" in page.url
+    page.get_by_text("With the interventions", exact=True).wait_for()
+    page.wait_for_timeout(800)
+    _shot(page, "live")
+    corrupt = page.get_by_role("textbox", name="corrupted prompt")
+    corrupt.fill("The dog sat on the mat")
+    corrupt.press("Enter")
+    page.get_by_role("button", name="Run the patching grid").click()
+    page.get_by_text("Logit difference after patching").wait_for()
+    page.wait_for_timeout(800)
+    _shot(page, "live_patching")
 
 
 def test_sql_console(page, server):

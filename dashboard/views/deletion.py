@@ -19,6 +19,7 @@ N_EXAMPLES = 3
 
 path = nav.current()
 st.title("Deletion neurons")
+nav.require_tables(path, "neurons")
 st.markdown(
     "The **deletion score** `deletion_cos` is the cosine between a neuron's input weights (the "
     "direction it reads from the residual stream) and its output weights (the direction it writes "

@@ -74,7 +74,7 @@ layer, head, row = subject
 _go(layer, head)  # re-send the URL: a page_link to this same page updates the view, not the address bar
 st.title(f"Layer {layer}, head {head}")
 near = data.head_neighbours(path, layer, head)
-nav_cols = st.columns([1, 1, 1, 3])
+nav_cols = st.columns([1, 1, 1, 1, 2])
 for col, key, label in ((nav_cols[0], "prev", "← previous"), (nav_cols[1], "next", "next →")):
     if key in near:
         t_layer, t_head = near[key]
@@ -82,6 +82,8 @@ for col, key, label in ((nav_cols[0], "prev", "← previous"), (nav_cols[1], "ne
                       query_params=render.head_query(t_layer, t_head))
 nav_cols[2].page_link(nav.HEADS, label="head catalogue")
 nav_cols[3].page_link(nav.CIRCUITS, label="circuits graph")
+nav_cols[4].page_link(nav.LIVE, label="try it live ↗", query_params={"head": f"{layer}.{head}"},
+                      help="run the model on a prompt of yours with this head selected (its pattern, ablate it)")
 
 metrics = st.columns(len(HEADLINE))
 for col, (column, label) in zip(metrics, HEADLINE, strict=True):

@@ -9,14 +9,17 @@ notice and a picker, never a traceback. Queries: `data.py`; HTML: `render.py`; c
 
 from __future__ import annotations
 
+import html
+
 import streamlit as st
 
-from dashboard import charts, data, nav, render
+from dashboard import charts, data, nav, render, text
 
 CIRCUIT_SECTIONS = ("upstream_neuron", "upstream_head", "downstream_neuron", "downstream_head")
 CIRCUIT_TITLES = ("Upstream neurons", "Upstream heads", "Downstream neurons", "Downstream heads")
 
 path = nav.current()
+nav.require_tables(path, "neurons", title="Neuron")
 params = st.query_params
 raw_layer, raw_neuron = params.get("layer"), params.get("neuron")
 layer, neuron = render.parse_int(raw_layer), render.parse_int(raw_neuron)
@@ -43,6 +46,10 @@ def _picker(default_layer: int, default_neuron: int) -> None:
 problem = None
 if raw_layer is None and raw_neuron is None:
     problem = "Pick a neuron (or open one from the catalogue)."
+elif raw_layer is None or raw_neuron is None:
+    given, absent = ("neuron", "layer") if raw_layer is None else ("layer", "neuron")
+    problem = (f"The link gives a {given} but no {absent}: use `?layer=3&neuron=17` "
+               "(a neuron is named by its layer and its index within the layer).")
 elif layer is None or neuron is None:
     bad = [render.md_escape(f"{k}={v!r}")
            for k, v, n in (("layer", raw_layer, layer), ("neuron", raw_neuron, neuron)) if n is None]
@@ -58,35 +65,66 @@ if problem is not None or row is None:
     st.stop()
 
 _go(layer, neuron)  # re-send the URL: a page_link to this same page updates the view, not the address bar
+st.set_page_config(page_title=f"L{layer}/N{neuron} · neuron · mechscope")
 st.title(f"Layer {layer}, neuron {neuron}")
 near = data.neighbours(path, layer, neuron)
-nav_cols = st.columns([1, 1, 4])
+nav_cols = st.columns([1, 1, 2, 2])
 for col, key, label in ((nav_cols[0], "prev", "← previous"), (nav_cols[1], "next", "next →")):
     if key in near:
         t_layer, t_neuron = near[key]
         col.page_link(nav.NEURON, label=f"{label} (L{t_layer}/N{t_neuron})",
                       query_params=render.neuron_query(t_layer, t_neuron))
 nav_cols[2].page_link(nav.CATALOGUE, label="back to the catalogue")
+nav_cols[3].page_link(nav.LIVE, label="try it live ↗", query_params={"neuron": f"{layer}.{neuron}"},
+                      help="run the model on a prompt of yours with this neuron selected (its activations, ablate it)")
 
 vmax, vmin = float(row.get("max") or 0.0), float(row.get("min") or 0.0)
-m = st.columns(6)
-m[0].metric("max", f"{vmax:.3f}")
+m = st.columns(7)
+m[0].metric("max", f"{vmax:,.3f}")
 m[1].metric("mean", f"{row.get('mean') or 0:.4f}")
 m[2].metric("std", f"{row.get('std') or 0:.4f}")
 m[3].metric("density", f"{(row.get('density_frac') or 0):.2%}", help="fraction of positions with activation > 0")
-m[4].metric("deletion cos", f"{row.get('deletion_cos') or 0:+.3f}")
+strong = row.get("strong_frac")
+m[4].metric("strong density", "—" if strong is None else f"{strong:.2%}",
+            help="fraction of (sampled) positions where the activation is within about a tenth of its max (at "
+            "least the power of two in (max/16, max/8]): how often it fires strongly; unlike the raw density, "
+            "meaningful for gated MLPs")
+m[5].metric("deletion cos", f"{row.get('deletion_cos') or 0:+.3f}")
 agree = row.get("kv_agreement_frac")
-m[5].metric("kv agreement", "—" if agree is None else f"{agree:.0%}",
+m[6].metric("kv agreement", "—" if agree is None else f"{agree:.0%}",
             help="fraction of top examples whose next token is among the top value tokens")
+
+note = render.artefact_note(row.get("after_bos_frac"))
+if note:
+    st.warning(note, icon=":material/warning:")
+if row.get("explanation"):
+    st.markdown(f"**In short** (a template from the evidence below): {text.md(row['explanation'])}")
+if data.missing(path, "neuron_explanations") is None:  # written by `python -m pipeline.explain`
+    for e in data.neuron_explanations(path, layer, neuron):
+        score = "no score" if e["score"] is None else f"score {e['score']:+.2f}"
+        st.markdown(f"**{text.md(e['explainer'])}** ({score} over {e['scored_tokens']:,} held-out tokens, "
+                    f"simulated by {text.md(e['simulator'])}): {text.md(e['explanation'])}")
 
 left, right = st.columns([3, 2], gap="large")
 with left:
     st.markdown("#### Top activating examples")
-    st.caption("Orange = positive activation (full colour at this neuron's max), blue = negative (on the "
+    st.caption("At most one example per window: each window's strongest position, strongest windows first. "
+               "Orange = positive activation (full colour at this neuron's max), blue = negative (on the "
                "same scale, or its min if larger), grey = BOS (not counted). The outlined token is the "
-               "example's own position; hover a token for its value.")
+               "example's own position; hover a token for its value; · is a space, ↵ a line break.")
     tops = data.examples(path, layer, neuron, "top")
+    fires = render.fires_on_label(row.get("fires_on_tokens"), row.get("fires_on_counts"), len(tops))
+    if fires:
+        st.html(f'<div style="font-size:0.92em;margin-bottom:0.3em;"><b>fires on</b>: {html.escape(fires)}</div>')
     st.html(render.examples_html(tops, vmax, vmin))
+    if tops and data.missing(path, "tokens") is None:
+        with st.expander("Whole window of an example"):
+            pick = st.selectbox("example", range(len(tops)), key="window_of", format_func=lambda i: (
+                f"#{i} · {tops[i]['activation']:,.3f} · window {tops[i]['seq_id']}"))
+            ex = tops[int(pick or 0)]
+            st.caption(f"Window {ex['seq_id']}, all {len(data.window_tokens(path, ex['seq_id']))} positions; "
+                       "activations are stored for the shaded context only.")
+            st.html(render.window_html(data.window_tokens(path, ex["seq_id"]), ex, vmax, vmin))
 
 with right:
     st.markdown("#### Key-value view")

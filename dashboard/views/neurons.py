@@ -1,28 +1,37 @@
-"""Neuron catalogue page: every neuron with its headline numbers, filtered by layer range, by a
-token it promotes (key-value view), by a token it fires on (activation records ⨝ tokens) and by
-score ranges (max, density_frac, deletion_cos, kv_agreement_frac; applied in SQL).
+"""Neuron catalogue page: every neuron with its headline numbers, the tokens it fires on and
+promotes and its template explanation, filtered by layer range, by a token it promotes
+(key-value view), by a token it fires on (ranked by selectivity: activation records ⨝ tokens),
+by text in its explanation and by score ranges (max, density_frac, strong_frac, deletion_cos,
+kv_agreement_frac; applied in SQL). Neurons whose top examples sit mostly on the first token
+after a BOS (position artefacts) are left out by default and one switch away.
 
-Each row links to its neuron page; selecting a row opens it too. The token and range filters are
-bound to the URL (`promotes`, `fires_on`, and e.g. `deletion_cos=-1&deletion_cos=-0.5`), so a
-filtered catalogue can be shared; a range the link gets wrong is a notice, and the filter stays
-open. Queries: `data.catalogue`.
+Each row links to its neuron page; selecting a row opens it too. Every filter is bound to the URL
+(`layers`, `promotes`, `fires_on`, `search`, `show`, and e.g.
+`deletion_cos=-1&deletion_cos=-0.5`), so a filtered catalogue can be shared; a value the link
+gets wrong is a notice, and the filter stays open. Queries: `data.catalogue`.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, nav, params, render
+from dashboard import data, nav, params, render, text
 
 # column -> (label, fixed bounds or None for the store's own, help); the range sliders, in order
 RANGES = {
     "max": ("max activation", None, "largest activation (stops step 1-2-3-5 per decade)"),
     "density_frac": ("density", (0.0, 1.0), "fraction of positions where the activation is > 0"),
+    "strong_frac": ("strong density", (0.0, 1.0), "fraction of positions where the activation is within about a "
+                    "tenth of the neuron's max (meaningful for gated MLPs)"),
     "deletion_cos": ("deletion cos", (-1.0, 1.0), "input/output weight cosine; strongly negative = deletes "
                      "what it reads"),
     "kv_agreement_frac": ("kv agreement", (0.0, 1.0), "fraction of top examples whose next token is a top "
                           "value token; narrowing it leaves out neurons without a score"),
 }
+
+
+# what the `show` switch keeps: text neurons (the default), all, or only the position artefacts
+ARTEFACT_VIEWS = {"text": False, "all": None, "position": True}
 
 
 def range_filters(path: str) -> tuple[list[tuple[str, float, float]], list[str]]:
@@ -52,7 +61,9 @@ def range_filters(path: str) -> tuple[list[tuple[str, float, float]], list[str]]
     return active, notices
 
 path = nav.current()
+st.set_page_config(page_title="Neuron catalogue · mechscope")
 st.title("Neuron catalogue")
+nav.require_tables(path, "neurons")
 
 bounds = data.layer_range(path)
 if bounds is None:
@@ -60,9 +71,15 @@ if bounds is None:
     st.stop()
 
 lo, hi = bounds
-c1, c2, c3 = st.columns([2, 1, 1])
+layer_problem = params.range_problem("layers", st.query_params.get_all("layers"), lo, hi, whole=True) \
+    if hi > lo else None
+artefact_problem = params.choice_problem("show", st.query_params.get_all("show"), list(ARTEFACT_VIEWS))
+for problem in filter(None, (layer_problem, artefact_problem)):
+    st.warning(f"The link's {problem} Showing the default instead.")
+c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
 if hi > lo:
-    layer_lo, layer_hi = c1.slider("layers", lo, hi, (lo, hi), help="show neurons of these layers (inclusive)")
+    layer_lo, layer_hi = sorted(c1.slider("layers", lo, hi, (lo, hi), key="layers", bind="query-params",
+                                          help="show neurons of these layers (inclusive)"))
 else:
     layer_lo, layer_hi = lo, hi
     c1.markdown(f"layer {lo} (the only layer)")
@@ -73,20 +90,36 @@ promotes = c2.text_input(
 )
 fires_on = c3.text_input(
     "fires on token", key="fires_on", bind="query-params", placeholder="e.g. the",
-    help="neurons with activation records on this token, strongest first; whitespace around "
-    "the token and letter case are ignored",
+    help="neurons with activation records on this token, most selective first: their mean activation over "
+    "every occurrence of the token (occurrences without a record counted at the neuron's mean), in standard "
+    "deviations above the neuron's mean; whitespace around the token and letter case are ignored",
 )
+search = c4.text_input(
+    "explanation contains", key="search", bind="query-params", placeholder="e.g. Paris",
+    help="neurons whose offline explanation (what it fires on, what it promotes, where) contains this text",
+)
+view = st.radio(
+    "show", list(ARTEFACT_VIEWS), key="show", horizontal=True,
+    bind="query-params", help="text: neurons that respond to text (the default); all; position: only the position "
+    "artefacts, neurons whose top examples sit mostly on the first token after "
+    "a BOS (massive activations / attention sinks, Sun et al. 2024), a response to the position, not the text",
+) or "text"
 
 ranges, notices = range_filters(path)
 for notice in notices:
     st.warning(f"The link's {notice} That range filter is left open.")
-frame = data.catalogue(path, layer_lo, layer_hi, promotes or "", fires_on or "", nav.store_param(), tuple(ranges))
+frame = data.catalogue(path, layer_lo, layer_hi, promotes or "", fires_on or "", nav.store_param(), tuple(ranges),
+                       ARTEFACT_VIEWS[view], search or "")
 
 what = [f"layers {layer_lo}–{layer_hi}"]
 if (promotes or "").strip():
-    what.append(f"promoting “{promotes.strip()}”")
+    what.append(f"promoting “{text.md(promotes.strip())}”")
 if (fires_on or "").strip():
-    what.append(f"firing on “{fires_on.strip()}”")
+    what.append(f"firing on “{text.md(fires_on.strip())}”, most selective first")
+if (search or "").strip():
+    what.append(f"explanation containing “{text.md(search.strip())}”")
+what.append({"text": "position artefacts left out", "all": "position artefacts included",
+             "position": "position artefacts only"}[view])
 what += [f"{RANGES[c][0]} {render.stop_label(a)} to {render.stop_label(b)}" for c, a, b in ranges]
 st.caption(f"{len(frame):,} neuron{'s' * (len(frame) != 1)} · " + ", ".join(what)
            + " · select a row or click “open” for its page")
@@ -97,6 +130,18 @@ config = {
     "neuron": st.column_config.NumberColumn("neuron", format="%d"),
     "max": st.column_config.NumberColumn("max", format="%.3f", help="largest activation"),
     "density_frac": st.column_config.NumberColumn("density", format="%.4f", help="fraction of positions > 0"),
+    "strong_frac": st.column_config.NumberColumn(
+        "strong density", format="%.4f", help="fraction of positions within about a tenth of the max"),
+    "after_bos_frac": st.column_config.NumberColumn(
+        "after BOS", format="%.2f", help="share of top examples on the first token after a BOS (> 0.5: artefact)"),
+    "artefact": st.column_config.TextColumn("artefact", help="position artefact: top examples mostly right after "
+                                            "a BOS (massive activations / attention sink)"),
+    "fires_on_tokens": st.column_config.TextColumn("fires on", help="most frequent tokens of its top examples "
+                                                   "(· = space)"),
+    "explanation": st.column_config.TextColumn("explanation", width="large"),
+    "selectivity": st.column_config.NumberColumn(
+        "selectivity", format="%.2f", help="mean activation over every occurrence of the token, in standard "
+        "deviations above the neuron's mean"),
     "deletion_cos": st.column_config.NumberColumn(
         "deletion cos", format="%.3f", help="input/output weight cosine; strongly negative = deletes what it reads"),
     "kv_agreement_frac": st.column_config.NumberColumn(
@@ -110,8 +155,11 @@ if frame.empty:
     st.dataframe(frame, hide_index=True, column_config=config, key="catalogue_empty")
     st.stop()
 
+ORDER = ("open", "layer", "neuron", "artefact", "fires_on_tokens", "top_value_tokens", "selectivity",
+         "fires_on_records", "fires_on_max", "max", "after_bos_frac", "strong_frac", "density_frac", "deletion_cos",
+         "kv_agreement_frac", "explanation")  # what it responds to first, then the numbers, the sentence last
 event = st.dataframe(frame, hide_index=True, column_config=config, height=min(560, 38 + 35 * len(frame)),
-                     key="catalogue",
+                     column_order=[c for c in ORDER if c in frame.columns], key="catalogue",
                      on_select="rerun", selection_mode="single-row")
 rows = event.selection.rows if event is not None else []
 if rows:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, nav, render
+from dashboard import data, nav, render, text
 from store import StoreError
 from store.queries import EXAMPLE_QUERIES
 from store.schema import TABLES
@@ -51,7 +51,7 @@ with left:
     if outcome is not None:
         status, ran_sql, value = outcome
         if status == "error":
-            st.error(value)
+            st.error(text.md(value))
         else:
             frame = value.table.to_pandas()
             note = f"{len(frame):,} rows in {value.elapsed_s:.2f} s"
@@ -60,7 +60,12 @@ with left:
             (st.warning if value.truncated else st.success)(note)
             if ran_sql != sql:
                 st.caption("(the result is from the query before your last edit)")
-            st.dataframe(frame, hide_index=True, height=min(36 + 35 * len(frame), 480))
+            config = {}
+            links = render.subject_links(frame, nav.store_param())
+            if links is not None:  # rows naming a neuron or a head link to its page
+                frame.insert(0, "open", links)
+                config["open"] = st.column_config.LinkColumn("page", display_text="open ↗", width="small")
+            st.dataframe(frame, hide_index=True, height=min(36 + 35 * len(frame), 480), column_config=config)
             st.download_button("Download CSV", frame.to_csv(index=False).encode("utf-8"),
                                file_name="mechscope_query.csv", mime="text/csv", on_click="ignore")
 

@@ -3,7 +3,8 @@
 A statistic declares the hook points it reads (`hook_points`), takes one captured tensor at a
 time (`update`), merges with a copy of itself that saw other windows (`merge`: shards), saves and
 restores its state (`state_dict` / `load_state_dict`: checkpoints) and turns its state into table
-columns (`finalize`). It is built from a `StatContext` (model shape, build parameters, device) by
+columns (`finalize`). It is built from a `StatContext` (model shape, build parameters, device, and
+the loaded model for a statistic that needs copies of weights, e.g. the logit lens) by
 the factory listed in `pipeline/stats/registry.py`; the harvest and the build read that registry
 and never name a statistic or a table.
 
@@ -17,7 +18,7 @@ sort key and the same columns are appended as rows; other parts add columns to t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
@@ -41,6 +42,8 @@ class StatContext:
     d_vocab: int
     device: str | torch.device = "cpu"
     use_native: bool | None = None  # the fused CPU kernels (None: wherever available)
+    model: object | None = field(default=None, compare=False, repr=False)  # for statistics that read weights
+
 
     @property
     def seq_len(self) -> int:
@@ -49,7 +52,7 @@ class StatContext:
     @staticmethod
     def of(model, config: StatsConfig, use_native: bool | None = None) -> StatContext:
         return StatContext(config, model.n_layers, model.n_heads, model.d_model, model.d_mlp, model.d_vocab,
-                           model.device, use_native)
+                           model.device, use_native, model)
 
 
 @runtime_checkable

@@ -4,7 +4,9 @@ The harvest sees token ids only batch by batch and keeps none of them; the build
 corpus once at the end (`pipeline/corpus_tables.py`) and resolves every request of every table
 on the way, whatever statistic made it:
 - `TokenWindows(starts, width)`: per row, the texts of the tokens at flat corpus positions
-  start .. start + width - 1 (a list<string> column; never crossing a corpus window);
+  start .. start + width - 1 (a list<string> column; never crossing a corpus window); with
+  `merged=True`, those texts as shown (`example_windows.merge_fragments`), null for rows that
+  hold no byte-level fragment;
 - `TokenIdsAt(positions)`: the token id at each flat position (any shape), -1 where the position
   is -1, a BOS, or outside the windows read.
 A flat position is `seq_id * seq_len + pos`. Both are row-aligned with their table and follow
@@ -22,9 +24,12 @@ import numpy as np
 class TokenWindows:
     starts: np.ndarray  # [rows] int64
     width: int
+    # resolve to the texts *as shown*: null for a row without byte-level fragments, else each
+    # character split over several tokens whole on the token that completes it (`merge_fragments`)
+    merged: bool = False
 
     def take(self, order: np.ndarray) -> TokenWindows:
-        return TokenWindows(np.asarray(self.starts)[order], self.width)
+        return TokenWindows(np.asarray(self.starts)[order], self.width, self.merged)
 
     def __len__(self) -> int:
         return len(self.starts)

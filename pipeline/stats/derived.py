@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.stats import evidence
+
 
 def kv_agreement(tables: dict[str, dict]) -> None:
     """neurons.kv_agreement_frac: the share of a neuron's top examples (those with a next token)
@@ -28,4 +30,4 @@ def agreement(next_token_ids: np.ndarray, top_value_ids) -> np.ndarray:
         return np.where(has_next > 0, hits.sum(1) / has_next, np.nan).astype(np.float32)
 
 
-DERIVED = (kv_agreement,)
+DERIVED = (kv_agreement, *evidence.DERIVED)

@@ -131,5 +131,7 @@ class Histogram:
                 "ctx_start": ctx_start,
                 "context_acts": self.sample_ctx[layer, slot].to(torch.float32).cpu().numpy(),
                 "context_tokens": TokenWindows(seq_id.astype(np.int64) * self.seq_len + ctx_start, width),
+                "context_display": TokenWindows(seq_id.astype(np.int64) * self.seq_len + ctx_start, width,
+                                                merged=True),
             },
         }

@@ -124,17 +124,20 @@ typedef struct {
     int32_t *ex_slot, *ex_row;
 } TopState;
 
-/* Offer activation x of column j at batch row r to the column's records, then to its examples.
- * Returns 1 if it entered the examples with a payload slot not yet listed in this call; the
- * (j, slot) pair is then written to out. */
-static inline int offer(const TopState *s, int64_t j, int64_t r, float x, int64_t *out) {
-    int64_t key = top_key(x, s->first_pos + r);
+/* Offer key (activation x of column j) to the column's records. */
+static inline void offer_record(const TopState *s, int64_t j, int64_t key) {
     int64_t *h = s->rec + j * s->R;
-    if (key <= h[0]) return 0;
+    if (key <= h[0]) return;
     heap_replace(h, NULL, s->R, key, 0);
     s->rec_thr[j] = key_value(h[0]);
-    h = s->ex + j * s->K;
-    if (!(x >= s->ex_thr[j]) || key <= h[0]) return 0;
+}
+
+/* Offer a window's strongest key of column j (at batch row r) to the column's examples.
+ * Returns 1 if it entered with a payload slot not yet listed in this call; the (j, slot) pair
+ * is then written to out. */
+static inline int offer_example(const TopState *s, int64_t j, int64_t r, int64_t key, int64_t *out) {
+    int64_t *h = s->ex + j * s->K;
+    if (key <= h[0]) return 0;
     int32_t *slots = s->ex_slot + j * s->K, slot = slots[0];
     int64_t evicted = h[0], old_pos = MAX_POS - (evicted & LOW32);
     int listed = evicted != KEY_EMPTY && old_pos >= s->first_pos && old_pos < s->first_pos + s->n_rows;
@@ -149,34 +152,59 @@ static inline int offer(const TopState *s, int64_t j, int64_t r, float x, int64_
 
 /* ---- top: exact per-column top-R records and top-K examples, as min-heaps of keys ----
  * rec [d, R] and ex [d, K] are min-heaps (root = weakest kept); rec_thr / ex_thr hold the
- * activation of each root, a cheap pre-test before the key comparison that decides. Rows are
- * scanned 8 columns at a time, and a group with no activation at or above its thresholds (most
- * groups, once the lists have filled) costs one vector compare.
+ * activation of each root, a cheap pre-test before the key comparison that decides.
+ * Records: every non-BOS position is a candidate. Examples: at most one per window (rows
+ * w*seq_len .. (w+1)*seq_len - 1; a batch holds whole windows): the window's strongest key, kept
+ * per column while the window is scanned, offered when it ends. Rows are scanned 8 columns at a
+ * time against min(record threshold, the window's best so far), and a group with no activation
+ * at or above it (most groups, once the lists have filled) costs one vector compare.
  * ex_slot [d, K] moves with the example keys and names each entry's payload slot; an entry that
  * enters in this call gets ex_row[j, slot] = its row, and (j, slot) is appended to `fresh` once
  * (an entry evicted in the same call hands its slot, already listed, to its successor).
  * Returns the number of (j, slot) pairs written to fresh (capacity d * K pairs); tile_n is scratch
  * space of one int64 per tile. */
 int64_t ms_top(const float *acts, const uint8_t *skip, int64_t n_rows, int64_t d, int64_t first_pos,
-               int64_t *rec, float *rec_thr, int64_t R, int64_t *ex, float *ex_thr,
+               int64_t seq_len, int64_t *rec, float *rec_thr, int64_t R, int64_t *ex, float *ex_thr,
                int32_t *ex_slot, int32_t *ex_row, int64_t K, int64_t *fresh, int64_t *tile_n) {
     const TopState s = {rec, R, ex, K, first_pos, n_rows, rec_thr, ex_thr, ex_slot, ex_row};
 #pragma omp parallel for schedule(static)
     for (int64_t t0 = 0; t0 < d; t0 += TILE) {
         int64_t w = d - t0 < TILE ? d - t0 : TILE;
         int64_t n_fresh = 0, *out = fresh + 2 * t0 * K;
-        const float *thr = rec_thr + t0;
-        for (int64_t r = 0; r < n_rows; r++) {
-            if (skip[r]) continue;
-            const float *a = acts + r * d + t0;
-            int64_t g = 0;
-            for (; g + 8 <= w; g += 8) {
-                if (!any_ge8(a + g, thr + g)) continue;
-                for (int k = 0; k < 8; k++)
-                    if (a[g + k] >= thr[g + k]) n_fresh += offer(&s, t0 + g + k, r, a[g + k], out + 2 * n_fresh);
+        float thr[TILE], best_v[TILE];
+        int64_t best_k[TILE], best_r[TILE];
+        for (int64_t w0 = 0; w0 < n_rows; w0 += seq_len) {
+            for (int64_t j = 0; j < w; j++) {
+                best_k[j] = ex[(t0 + j) * K];  /* the root: a window's best must beat it */
+                best_v[j] = ex_thr[t0 + j];
+                best_r[j] = -1;
+                thr[j] = rec_thr[t0 + j] < best_v[j] ? rec_thr[t0 + j] : best_v[j];
             }
-            for (; g < w; g++)
-                if (a[g] >= thr[g]) n_fresh += offer(&s, t0 + g, r, a[g], out + 2 * n_fresh);
+            int64_t w1 = w0 + seq_len < n_rows ? w0 + seq_len : n_rows;
+            for (int64_t r = w0; r < w1; r++) {
+                if (skip[r]) continue;
+                const float *a = acts + r * d + t0;
+                int64_t g = 0;
+                for (; g < w; g += 8) {
+                    int64_t m = w - g < 8 ? w - g : 8;
+                    if (m == 8 && !any_ge8(a + g, thr + g)) continue;
+                    for (int64_t k = 0; k < m; k++) {
+                        int64_t j = g + k;
+                        float x = a[j];
+                        if (!(x >= thr[j])) continue;
+                        int64_t key = top_key(x, first_pos + r);
+                        if (x >= rec_thr[t0 + j]) offer_record(&s, t0 + j, key);
+                        if (key > best_k[j]) {
+                            best_k[j] = key;
+                            best_v[j] = x;
+                            best_r[j] = r;
+                        }
+                        thr[j] = rec_thr[t0 + j] < best_v[j] ? rec_thr[t0 + j] : best_v[j];
+                    }
+                }
+            }
+            for (int64_t j = 0; j < w; j++)
+                if (best_r[j] >= 0) n_fresh += offer_example(&s, t0 + j, best_r[j], best_k[j], out + 2 * n_fresh);
         }
         tile_n[t0 / TILE] = n_fresh;
     }

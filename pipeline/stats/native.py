@@ -36,7 +36,7 @@ _I = ctypes.c_int64
 _I32 = ctypes.c_int32
 _SIGNATURES = {
     "ms_moments": (None, [_P, _P, _I, _I, _P, _P, _P, _P, _P]),
-    "ms_top": (_I, [_P, _P, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P, _I, _P, _P]),
+    "ms_top": (_I, [_P, _P, _I, _I, _I, _I, _P, _P, _I, _P, _P, _P, _P, _I, _P, _P]),
     "ms_hist": (_I, [_P, _P, _P, _I, _I, _I, _I, _I32, _I32, _I32, _I, _P, _P, _P, _P]),
 }
 
@@ -127,13 +127,17 @@ def moments(acts: torch.Tensor, skip: torch.Tensor, total: torch.Tensor, total_s
                    _ptr(mn, torch.float32), _ptr(mx, torch.float32))
 
 
-def top(acts: torch.Tensor, skip: torch.Tensor, first_pos: int, rec, ex, fresh: torch.Tensor) -> torch.Tensor:
-    """Offer one layer's non-BOS rows to the record heaps and the example heaps (`heap.HeapTop`).
+def top(acts: torch.Tensor, skip: torch.Tensor, first_pos: int, seq_len: int, rec, ex,
+        fresh: torch.Tensor) -> torch.Tensor:
+    """Offer one layer's non-BOS rows to the record heaps, and each window's strongest row per
+    neuron to the example heaps (`heap.HeapTop`; rows are whole windows of `seq_len`).
     Returns [n, 2] (neuron, payload slot) of example entries that entered in this call; their
     rows are in ex.row. `fresh` is `scratch(d, 2 * K)`."""
     lib, (n_rows, d) = library(), acts.shape
+    if n_rows % seq_len:
+        raise ValueError(f"{n_rows} rows are not whole windows of {seq_len}")
     k = ex.capacity
-    n = lib.ms_top(_ptr(acts, torch.float32), _ptr(skip, torch.uint8), n_rows, d, first_pos,
+    n = lib.ms_top(_ptr(acts, torch.float32), _ptr(skip, torch.uint8), n_rows, d, first_pos, seq_len,
                    _ptr(rec.keys, torch.int64), _ptr(rec.thr, torch.float32), rec.capacity,
                    _ptr(ex.keys, torch.int64), _ptr(ex.thr, torch.float32), _ptr(ex.slot, torch.int32),
                    _ptr(ex.row, torch.int32), k, _ptr(fresh, torch.int64), fresh[d * 2 * k:].data_ptr())

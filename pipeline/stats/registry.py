@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pipeline.stats.heads import HeadPatterns
 from pipeline.stats.histogram import Histogram
+from pipeline.stats.lens import LogitLens
 from pipeline.stats.moments import Moments
 from pipeline.stats.top import TopActivations
 
@@ -23,4 +24,7 @@ NEURON_STATISTICS = (
 # Per attention head, read at every layer's attn.hook_pattern.
 HEAD_STATISTICS = (HeadPatterns.create,)
 
-STATISTICS = (*NEURON_STATISTICS, *HEAD_STATISTICS)
+# The logit lens and the residual stream, at sampled positions: residual states, hook_z.
+LENS_STATISTICS = (LogitLens.create,)
+
+STATISTICS = (*NEURON_STATISTICS, *HEAD_STATISTICS, *LENS_STATISTICS)

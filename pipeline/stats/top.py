@@ -2,8 +2,12 @@
 
 Two exact top lists per layer share one pass over the activations:
 - `records`: the R strongest (activation, position) pairs per neuron -> the `activations` table;
-- `examples`: the k strongest, each with a window of the neuron's activations around it ->
-  `neuron_examples` rows of kind 'top'.
+- `examples`: the k strongest *windows*, each represented by its strongest position, with a
+  window of the neuron's activations around it -> `neuron_examples` rows of kind 'top'. At most
+  one example per window (seq_id), so that a neuron's evidence is k distinct passages rather
+  than neighbouring positions of one sentence. A batch always holds whole windows, so a
+  window's strongest position is found within one batch, and the top k of those is as exact and
+  mergeable as a top k of positions.
 Order: activation descending, then earlier position first (see `keys`), so the lists do not
 depend on batch size, on resuming, or on how the corpus was split.
 
@@ -59,7 +63,7 @@ class TopActivations:
             return self._update_native(x)
         layer, acts, flat, batch = x.layer, x.acts, x.flat, x.batch
         records, examples = self.records[layer], self.examples[layer]
-        # Only activations above the current R-th best can enter either list (R >= k).
+        # Records: only activations above the current R-th best can enter.
         mask = flat > records.threshold
         early = self._seen[layer] < _EARLY * self.n_records
         self._seen[layer] += flat.shape[0]
@@ -69,22 +73,24 @@ class TopActivations:
             # that keeps the batch's top R is exact; this one only saves time.
             mask &= flat >= _kth_largest(flat, self.n_records)
         rows, neurons = mask.nonzero(as_tuple=True)
-        if rows.numel() == 0:
+        if rows.numel():
+            records.offer(neurons, encode_top(flat[rows, neurons], batch.positions[rows]))
+        # Examples: one candidate per (window, neuron), the window's strongest non-BOS position
+        # (`max` returns the first of equal values: the earlier position, as the keys order them).
+        best, at = acts.masked_fill(batch.is_bos.unsqueeze(-1), float("-inf")).max(dim=1)  # [window d_mlp]
+        hit = (best > examples.threshold) & (best > float("-inf"))
+        seqs, neurons = hit.nonzero(as_tuple=True)
+        if seqs.numel() == 0:
             return
-        values = flat[rows, neurons]
-        keys = encode_top(values, batch.positions[rows])
-        records.offer(neurons, keys)
-        hit = values > examples.threshold[neurons]
-        if early:
-            hit &= values >= _kth_largest(flat, self.top_k)[neurons]  # likewise, before gathering contexts
-        if hit.any():
-            rows, neurons, keys = rows[hit], neurons[hit], keys[hit]
-            ctx = self.window.gather(acts, batch.valid_rows[rows], neurons, batch.is_bos)
-            examples.offer(neurons, keys, ctx)
+        flat_rows = seqs * batch.seq_len + at[seqs, neurons]
+        keys = encode_top(best[seqs, neurons], flat_rows + batch.first_pos)
+        ctx = self.window.gather(acts, flat_rows, neurons, batch.is_bos)
+        examples.offer(neurons, keys, ctx)
 
     def _update_native(self, x: LayerActs) -> None:
         examples, batch = self.examples[x.layer], x.batch
-        fresh = native.top(x.rows, batch.skip, batch.first_pos, self.records[x.layer], examples, self._fresh)
+        fresh = native.top(x.rows, batch.skip, batch.first_pos, batch.seq_len, self.records[x.layer], examples,
+                           self._fresh)
         if fresh.numel():
             neurons, slots = fresh[:, 0], fresh[:, 1]
             rows = examples.row[neurons, slots].long()
@@ -118,12 +124,19 @@ class TopActivations:
     def finalize(self) -> dict[str, dict[str, object]]:
         """`neuron_examples` (kind 'top') and `activations` rows; for `neurons`, the token after
         each top example (`_top_next_token_ids`, [layer*neuron, k], -1 where there is none: the
-        end of a window, a BOS) for the derived key-value agreement (`stats/derived.py`)."""
+        end of a window, a BOS) for the derived key-value agreement, and the token before it
+        (`_top_prev_token_ids`, -1 for a BOS or no example) with the number of examples
+        (`_top_n_examples`) for the derived `after_bos_frac` (`stats/derived.py`)."""
         positions, _ = self.top_positions()
         next_pos = np.where(positions >= 0, positions + 1, -1)
         next_pos[(next_pos % self.seq_len) == 0] = -1  # the next position is in another window
+        # An example is never at a BOS, so position - 1 lies in the same window.
+        prev_pos = np.where(positions >= 0, positions - 1, -1)
+        k = positions.shape[-1]
         return {
-            "neurons": {"_top_next_token_ids": TokenIdsAt(next_pos.reshape(-1, next_pos.shape[-1]))},
+            "neurons": {"_top_next_token_ids": TokenIdsAt(next_pos.reshape(-1, k)),
+                        "_top_prev_token_ids": TokenIdsAt(prev_pos.reshape(-1, k)),
+                        "_top_n_examples": (positions >= 0).reshape(-1, k).sum(1)},
             "neuron_examples": self._example_rows(),
             "activations": self._record_rows(),
         }
@@ -159,6 +172,7 @@ class TopActivations:
         rows["context_acts"] = ctx  # [rows, width]
         starts = rows["seq_id"].astype(np.int64) * self.seq_len + rows["ctx_start"]
         rows["context_tokens"] = TokenWindows(starts, self.window.width(self.seq_len))
+        rows["context_display"] = TokenWindows(starts, self.window.width(self.seq_len), merged=True)
         return rows
 
 
