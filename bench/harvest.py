@@ -2,7 +2,8 @@
 
     python bench/harvest.py [--model gpt2-random] [--batches 6] [--batch-size 8] [--dtype float32]
 
-Runs, interleaved in one process so that machine noise hits every variant alike:
+Runs, interleaved in one process (in a fresh random order for each batch) so that machine noise
+hits every variant alike:
 - forward (blocks only): the HF model's transformer stack, no unembedding;
 - forward (with unembedding): the bridge's full forward to logits;
 - bridge forward to the last `mlp.hook_post`: what the harvest runs, without its statistics
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import statistics
 import subprocess
@@ -112,10 +114,13 @@ def throughput(args) -> dict:
             variants["harvest, neuron statistics only"](b)
             variants["harvest, neurons, torch ops only"](b)
             variants["naive (run_with_cache + sort)"](b)
+        order = random.Random(0)
         for b in batches[args.warmup :]:
-            for name, fn in variants.items():
+            # a fresh order per batch: a variant run right after an allocation-heavy one is slowed
+            # by it (caches, allocator), and a fixed order would charge that to the same variant
+            for name in order.sample(list(variants), len(variants)):
                 t = time.perf_counter()
-                fn(b)
+                variants[name](b)
                 times[name].append(time.perf_counter() - t)
     n_tok = args.batch_size * args.seq_len
     rates = {name: n_tok / statistics.median(ts) for name, ts in times.items()}

@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--records", type=_positive, default=256, help="activation records per neuron")
     b.add_argument("--hist-sample", type=int, choices=(1, 2, 4, 8, 16), default=8,
                    help="histograms and band samples see 1 in N positions (by position hash)")
-    b.add_argument("--lens-sample", type=int, choices=tuple(2**i for i in range(13)), default=128, metavar="N",
+    b.add_argument("--lens-sample", type=int, choices=tuple(2**i for i in range(13)), default=256, metavar="N",
                    help="the logit lens decodes 1 in N spans of 16 positions (by position hash; a power of two "
                         "up to 4096; 1 decodes every position, at several forward passes' cost)")
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

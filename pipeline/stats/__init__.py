@@ -23,7 +23,7 @@ class StatsConfig:
     context_before: int = 16
     context_after: int = 4
     hist_sample_shift: int = 3  # histograms and band samples see 1 / 2^shift of the positions
-    lens_sample_shift: int = 7  # the logit lens decodes 1 / 2^shift of the positions (in spans: stats/lens.py)
+    lens_sample_shift: int = 8  # the logit lens decodes 1 / 2^shift of the positions (in spans: stats/lens.py)
     lens_top_k: int = 5  # top tokens kept per position and depth
 
     @property

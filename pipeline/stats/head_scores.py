@@ -14,7 +14,7 @@ depends only on the tokens and positions (w = 0 on BOS query rows). So the lower
 packed once per layer ([batch, head, T], T = pos (pos + 1) / 2, one `index_select`) and the
 scores that need a [q, k] mask (attention distance, BOS, duplicate, induction) are one batched
 matrix product of it with the batch's weights [batch, T, 4]; the entropy is a second product of
-`entr` of the packed triangle with the valid-row weights; the attention at offsets 0..15 (self
+p log p of the packed triangle with the valid-row weights; the attention at offsets 0..15 (self
 and previous token included) is one `gather` of 16 diagonals. No mask is applied per layer.
 Sums are float32 within a batch (matmul accumulation: relative error ~1e-6; a GPU running
 float32 matmuls as TF32 would give ~1e-3) and are returned as float64, so that totals over
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 N_OFFSETS = 16  # heads.attn_by_offset covers offsets 0 .. 15 (store/schema.py)
+_TINY = float(torch.finfo(torch.float32).tiny)
 
 # Columns of the sums that `pattern_sums` returns, [head, N_SUMS]:
 DISTANCE, BOS, DUPLICATE, INDUCTION, ENTROPY = range(5)
@@ -97,8 +98,10 @@ def pattern_sums(pattern: torch.Tensor, masks: BatchMasks) -> torch.Tensor:
     out = torch.empty((n_heads, N_SUMS), dtype=torch.float64, device=pattern.device)
     lower = pattern.reshape(n_seqs, n_heads, seq_len * seq_len).index_select(2, masks.tril)  # [batch head T]
     out[:, :_N_WEIGHTED] = torch.bmm(lower, masks.weights).sum(0)
-    # entr(p) = -p log p, with entr(0) = 0
-    out[:, ENTROPY] = torch.bmm(torch.special.entr(lower), masks.row_weights).sum((0, 2))
+    # -p log p, 0 where p = 0: log of p clamped to the smallest float32 (0 x log = 0 there); 10x
+    # faster than torch.special.entr, which is not vectorised on the CPU
+    plogp = lower * torch.log(lower.clamp(min=_TINY))
+    out[:, ENTROPY] = -torch.bmm(plogp, masks.row_weights).sum((0, 2))
     at_offset = pattern.gather(3, masks.offset_keys.expand(n_seqs, n_heads, -1, -1))  # [batch head q offset]
     out[:, OFFSET0:] = torch.einsum("bhqo,bqo->ho", at_offset, masks.offset_weights)
     return out

@@ -21,9 +21,10 @@ sampled positions, float64, in position order) is the same however the corpus wa
 The forward pass now runs to the last block's output (one MLP further than the neuron statistics
 need); the final norm and the unembedding of the full batch are still skipped.
 
-Cost: a sampled position costs (2L + 1) x d_model x d_vocab multiply-adds plus the softmaxes,
-about 10-16 forward tokens' worth on GPT-2-small and smollm2 shapes; the default 1/128 keeps the
-lens near a tenth of the harvest (measured in `bench/harvest.py`).
+Cost: a sampled position costs (2L + 1) x d_model x d_vocab multiply-adds plus a few passes over
+its (2L + 1) x d_vocab log-probabilities: 16 ms on GPT-2 small's shape and 25-50 ms on smollm2's
+(2 cores), i.e. 15-40 forward tokens; the default 1 span in 256 keeps the lens under a tenth of
+the harvest (`bench/harvest.py` measures it).
 """
 
 from __future__ import annotations

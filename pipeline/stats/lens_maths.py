@@ -125,32 +125,42 @@ class PositionLens:
 
 
 @torch.no_grad()
-def decode_states(U: Unembed, states: Tensor, next_ids: Tensor, k: int) -> dict[str, Tensor]:
+def decode_states(U: Unembed, states: Tensor, next_ids: Tensor, k: int, extra: Tensor | None = None
+                  ) -> dict[str, Tensor]:
     """The decoded distributions of `states [n D d_model]` (the last of the D is the output):
     top_ids / top_probs `[n D k]`, kl (to the last) / entropy / agrees (top-1 = the last's top-1)
     / true_prob / true_rank `[n D]` for the tokens `next_ids [n]` (-1: none; NaN and -1 there).
 
-    Written for few passes over the [n D vocab] log-probabilities, which dominate the cost: the
-    entropies and the KLs all come from one product per position, M = log p @ p^T `[D D]`:
-    entropy_d = -M[d, d] and KL(last || d) = M[D-1, D-1] - M[d, D-1] (float32; KL clamped at 0)."""
+    Written for few passes over the [n D vocab] log-probabilities (after the unembedding product,
+    they are the cost): entropy_d = -p_d . log p_d (one fused dot product per row) and
+    KL(last || d) = p_last . log p_last - p_last . log p_d (one matrix-vector product per position;
+    float32, KL clamped at 0).
+    `extra [n m d_model]`: more vectors to decode in the same product (reading the unembedding once
+    costs as much as a product with a few rows); only their top-1 ids come back, "extra_top" [n m]."""
     states = states.to(F32)
     n, D, _ = states.shape
-    logp = torch.log_softmax(U.logits(states), dim=-1)  # [n D vocab]
+    logits = U.logits(states if extra is None else torch.cat([states, extra.to(F32)], dim=1))
+    extra_top = None if extra is None else logits[:, D:].argmax(-1)
+    logp = torch.log_softmax(logits[:, :D], dim=-1)  # [n D vocab]
     top = logp.topk(k, dim=-1)
     has = next_ids >= 0
     t = next_ids.clamp(min=0)[:, None, None].expand(n, D, 1)
     true_logp = logp.gather(2, t)
     true_rank = torch.where(has[:, None], (logp > true_logp).sum(-1, dtype=torch.int32).long(), -1)
-    M = torch.bmm(logp, logp.exp().transpose(1, 2))  # [n D D]: M[d, e] = p_e . log p_d
-    diag = M.diagonal(dim1=1, dim2=2)
-    kl = (diag[:, -1:] - M[:, :, -1]).clamp(min=0)
+    p = logp.exp()
+    plogp = torch.linalg.vecdot(p, logp)  # [n D]: p_d . log p_d = -entropy
+    cross = torch.bmm(logp, p[:, -1, :, None])[..., 0]  # [n D]: p_last . log p_d
+    kl = (plogp[:, -1:] - cross).clamp(min=0)
     kl[:, -1] = 0.0
-    return {
-        "top_ids": top.indices, "top_probs": top.values.exp(), "kl": kl, "entropy": -diag,
+    out = {
+        "top_ids": top.indices, "top_probs": top.values.exp(), "kl": kl, "entropy": -plogp,
         "agrees": top.indices[..., 0] == top.indices[:, -1:, 0],
         "true_prob": torch.where(has[:, None], true_logp[..., 0].exp(), float("nan")),
         "true_rank": true_rank,
     }
+    if extra_top is not None:
+        out["extra_top"] = extra_top
+    return out
 
 
 @torch.no_grad()
@@ -159,7 +169,13 @@ def lens_positions(U: Unembed, states: Tensor, z: Tensor, next_ids: Tensor, k: i
     [n D d_model]` (depth order), `z [n layer head d_head]` (each head's hook_z), `next_ids [n]`
     (-1: no next token), k top tokens. Every field gets a leading n."""
     states = states.to(F32)
-    d = decode_states(U, states, next_ids, k)
+    boundary = states[:, 0::2]
+    shares, directions = zip(*(first_component(X) for X in (boundary, unit_rows(boundary))), strict=True)
+    d = decode_states(U, states, next_ids, k, extra=torch.stack(directions, dim=1))
+    pca_top = d.pop("extra_top")  # [n 2]: the components' decoded top-1, raw and normalised
+    final_top = d["top_ids"][:, -1, :1]
+    pca = torch.stack([shares[0], (pca_top[:, 0:1] == final_top)[:, 0].to(F64),
+                       shares[1], (pca_top[:, 1:2] == final_top)[:, 0].to(F64)], dim=-1)
     writes = torch.cat([states[:, :1], states[:, 1:] - states[:, :-1]], dim=1)
     has = next_ids >= 0
     t = next_ids.clamp(min=0)
@@ -169,7 +185,6 @@ def lens_positions(U: Unembed, states: Tensor, z: Tensor, next_ids: Tensor, k: i
     read = torch.einsum("lhdm,nm->nlhd", U.W_O, v)  # what each head's z is dotted with
     head_dla = (z.to(F32) * read).sum(-1) / s_final[:, :, None]
     head_dla = torch.where(has[:, None, None], head_dla, float("nan"))
-    pca, pca_top = pca_positions(U, states[:, 0::2], d["top_ids"][:, -1, 0])
     return PositionLens(**d, resid_norm=states.norm(dim=-1),
                         write_norm=writes.norm(dim=-1), write_dla=write_dla, head_dla=head_dla,
                         pca=pca, pca_top=pca_top)
@@ -183,22 +198,30 @@ def lens_position(U: Unembed, states: Tensor, z: Tensor, next_id: int, k: int) -
 
 def first_component(X: Tensor) -> tuple[Tensor, Tensor]:
     """(share of variance, unit direction) of the first principal component of the rows of
-    `X [... n d]` (centred over the rows), float64, signed so that the last row scores >= 0."""
+    `X [... n d]` (centred over the rows), float64, signed so that the last row scores >= 0.
+    From the n x n Gram matrix (n = layers + 1 is much smaller than d_model): its largest
+    eigenvalue over its trace is the share, and X^T u / sqrt(lambda) the direction."""
     X = X.to(F64)
     Xc = X - X.mean(-2, keepdim=True)
-    _, S, Vh = torch.linalg.svd(Xc, full_matrices=False)
-    total = S.pow(2).sum(-1)
-    share = torch.where(total > 0, S[..., 0].pow(2) / total.clamp(min=1e-300), 0.0)
-    v = Vh[..., 0, :]
+    lam, U_ = torch.linalg.eigh(Xc @ Xc.mT)  # ascending
+    top, u = lam[..., -1].clamp(min=0), U_[..., :, -1]
+    total = lam.clamp(min=0).sum(-1)
+    share = torch.where(total > 0, top / total.clamp(min=1e-300), 0.0)
+    v = (Xc.mT @ u[..., None])[..., 0] / top.sqrt().clamp(min=1e-300)[..., None]
     sign = torch.where((Xc[..., -1, :] * v).sum(-1) < 0, -1.0, 1.0).to(F64)
     return share, v * sign[..., None]
+
+
+def unit_rows(X: Tensor) -> Tensor:
+    """Each state scaled to unit norm: the PCA experiment's control."""
+    return X / X.norm(dim=-1, keepdim=True).clamp(min=1e-30)
 
 
 def pca_positions(U: Unembed, boundary: Tensor, final_top: Tensor) -> tuple[Tensor, Tensor]:
     """([n 4] share, match, share normalised, match normalised; [n 2] decoded top-1 raw, normalised)
     for the block-boundary states `boundary [n L+1 d_model]` of n positions (module docstring)."""
     out, tops = [], []
-    for X in (boundary, boundary / boundary.norm(dim=-1, keepdim=True).clamp(min=1e-30)):
+    for X in (boundary, unit_rows(boundary)):
         share, v = first_component(X)
         top1 = U.logits(v.to(F32)).argmax(-1)
         out += [share, (top1 == final_top).to(F64)]
