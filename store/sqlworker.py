@@ -39,7 +39,7 @@ WORKER_ADDRESS_SPACE = 2 * 2**30  # bytes of virtual memory per query's process 
 DUCKDB_MEMORY = "1GB"  # DuckDB's own limit, inside the address space
 DUCKDB_THREADS = 2
 MAX_CONCURRENT = 2  # user queries running at once in one serving process
-SLOT_WAIT_S = 2.0  # how long a query waits for a free slot before "busy, try again"
+SLOT_WAIT_S = 5.0  # how long a query waits for a free slot before "busy, try again"
 BATCH_ROWS = 256  # rows per batch sent back: a batch of wide rows stays small
 EXIT_REFUSED = 3
 
@@ -65,12 +65,27 @@ class WorkerOutcome:
     peak_rss_bytes: int
 
 
+def release_memory() -> None:
+    """Give freed memory back to the OS: results read from a worker are large allocations whose
+    pages the C allocator may keep after they are freed (glibc raises its mmap threshold after
+    freeing big blocks), so a server would keep the peak of past results. Cheap; called before
+    every query, so that a session's dropped result does not stay resident."""
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def run_in_worker(store_dir: Path, files: dict[str, str], sql: str, limits: WorkerLimits) -> WorkerOutcome:
     """Run the checked statement `sql` over `files` ({view: file name in store_dir}) in a child
     process. Raises QueryBusy, QueryTimeout, QueryRefused (memory, result size) or StoreError
     (what DuckDB rejects), each one line; the peak RSS is on the exception as `peak_rss_bytes`."""
     from store.errors import QueryBusy, QueryRefused, QueryTimeout, StoreError
 
+    release_memory()
     if not _slots.acquire(timeout=SLOT_WAIT_S):
         raise QueryBusy(f"busy: {MAX_CONCURRENT} queries are running on this server; try again in a moment")
     try:
