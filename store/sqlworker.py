@@ -114,7 +114,10 @@ def run_in_worker(store_dir: Path, files: dict[str, str], sql: str, limits: Work
                 proc.stdout.close()
             elapsed = time.perf_counter() - started
             err.seek(0)
-            message = _last_json(err.read()[-65536:])
+            tail = err.read()[-65536:]
+            message = _last_json(tail)
+            own = _peaks.pop(proc.pid, 0) or _reported_peak(tail)
+            peak = own or peak
         if killed.is_set():
             raise _with_peak(QueryTimeout(
                 f"query stopped after the {limits.timeout_s:g} s time limit; narrow it (WHERE, LIMIT)"), peak)
@@ -158,8 +161,28 @@ def _read(proc: subprocess.Popen, request: dict, limits: WorkerLimits) -> tuple:
 
 
 def _kill(proc: subprocess.Popen) -> None:
+    _peaks[proc.pid] = max(_peaks.get(proc.pid, 0), _hwm(proc.pid))  # its own peak, read while it lives
     with contextlib.suppress(ProcessLookupError, OSError):  # it ended meanwhile
         proc.send_signal(signal.SIGKILL)
+
+
+# The worker's peak RSS. wait4's ru_maxrss counts the memory of the process that forked it, at
+# the fork (the kernel keeps the old address space's high-water mark across exec): a serving
+# process of 2 GB would make every worker look 2 GB large. So the worker reports its own VmHWM
+# (its address space after exec) when it ends, the parent reads it before killing one, and
+# ru_maxrss is used only when neither is known.
+_peaks: dict[int, int] = {}
+
+
+def _hwm(pid: int | str = "self") -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _reap(proc: subprocess.Popen) -> tuple[int, int]:
@@ -178,9 +201,17 @@ def _reap(proc: subprocess.Popen) -> tuple[int, int]:
     return usage.ru_maxrss * 1024, code
 
 
+def _reported_peak(raw: bytes) -> int:
+    for line in reversed(raw.decode("utf-8", "replace").splitlines()):
+        if line.startswith('{"peak_rss"'):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                return int(json.loads(line)["peak_rss"])
+    return 0
+
+
 def _last_json(raw: bytes) -> dict | None:
     for line in reversed(raw.decode("utf-8", "replace").splitlines()):
-        if line.startswith("{"):
+        if line.startswith("{") and not line.startswith('{"peak_rss"'):
             try:
                 return json.loads(line)
             except ValueError:
@@ -289,5 +320,13 @@ def _arrow_reader(rel, batch_size: int):
     return rel.fetch_arrow_reader(batch_size)
 
 
+def _main() -> int:
+    code = _child()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(json.dumps({"peak_rss": _hwm()}) + "\n")
+        sys.stderr.flush()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(_child())
+    sys.exit(_main())
