@@ -32,7 +32,7 @@ demo: setup
 	$(BIN)/mechscope demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline store dashboard tests bench

@@ -121,9 +121,11 @@ def harvest_windows(harvest: Harvest, params: BuildParams, start_window: int = 0
 
 
 def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Harvest, n_windows: int,
-                timings: dict[str, float], device: str, progress: bool = False) -> Path:
+                timings: dict[str, float], device: str, progress: bool = False, corpus_parts=None,
+                extra_build: dict | None = None) -> Path:
     """Finalize a harvest (possibly merged from shards) and the model's analyses into a committed
-    store: whatever tables they fill, plus the corpus tables."""
+    store: whatever tables they fill, plus the corpus tables (from the shards' `corpus_parts`
+    when given, else by re-reading the corpus)."""
     t = time.perf_counter()
     declared = {**harvest.tables(), **{tb.name: tb for a in analysis_registry.ANALYSES for tb in a.tables}}
     parts = harvest.finalize()
@@ -142,7 +144,8 @@ def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Harves
     windows = [(name, c, v) for name, cols in tables.items() for c, v in cols.items() if isinstance(v, TokenWindows)]
     ids_at = [(name, c, v) for name, cols in tables.items() for c, v in cols.items() if isinstance(v, TokenIdsAt)]
     corpus_facts, texts, ids = write_corpus_tables(writer, params, model, n_windows=n_windows,
-                                                   windows=[v for *_, v in windows], ids_at=[v for *_, v in ids_at])
+                                                   windows=[v for *_, v in windows], ids_at=[v for *_, v in ids_at],
+                                                   parts=corpus_parts)
     for (name, c, _), resolved in zip([*windows, *ids_at], [*texts, *ids], strict=True):
         tables[name][c] = resolved
     for derive in DERIVED:
@@ -158,7 +161,8 @@ def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Harves
     manifest = {
         "model": model.describe(),
         "corpus": {**corpora.describe_corpus(params.corpus), **corpus_facts},
-        "build": {**asdict(params), "device": device, "n_windows": n_windows, "n_tokens": n_tokens},
+        "build": {**asdict(params), "device": device, "n_windows": n_windows, "n_tokens": n_tokens,
+                  **(extra_build or {})},
         "records_per_neuron": params.stats.records,
         "histogram": {**hist_bins.describe(), "sample_fraction": 1 / 2**params.stats.hist_sample_shift},
         **extra_manifest,

@@ -1,4 +1,4 @@
-"""The `mechscope` command line: build, info, verify, query, serve, demo.
+"""The `mechscope` command line: build, merge, info, verify, query, serve, demo.
 
 Imports are lazy: `info`, `verify` and `query` never load torch. Every mistake a user can make
 ends in one line on stderr and a non-zero exit, never a traceback.
@@ -95,6 +95,14 @@ def _folder(text: str) -> str:
     return text
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """I/N with 1 <= I <= N: (I - 1, N)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shard I/N with 1 <= I <= N (e.g. 2/4)")
+    return int(m.group(1)) - 1, int(m.group(2))
+
+
 def _seq_len(text: str) -> int:
     value = _positive(text)
     if value < 2:
@@ -145,6 +153,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint-every", type=_seconds, default=120.0, metavar="SECONDS",
                    help="how often to save a checkpoint that --resume continues from")
     b.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    b.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="harvest only the I-th of N window ranges (1-based) into --out; `mechscope merge` "
+                        "puts the N shards together into the store")
+
+    m = sub.add_parser("merge", help="merge the shards of a build into its store", formatter_class=fmt,
+                       description="Merge the shards written by `mechscope build --shard I/N` (every one of "
+                       "them, of one build) into the store a one-pass build writes.")
+    m.add_argument("shards", nargs="+", type=_folder, help="the shard folders")
+    m.add_argument("--out", required=True, type=_folder, help="new (or empty) folder for the store")
+    m.add_argument("--device", default="cpu", help="where the model runs for the weight analyses")
+    m.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
     for name, text, more in (
         ("info", "summarise a store", "Print what a store holds: model, corpus, build, timings, rows per table, "
@@ -190,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "build" and args.max_tokens is not None and args.max_tokens < args.seq_len:
         parser.error(f"--max-tokens {args.max_tokens} is less than one window of --seq-len {args.seq_len}")
+    if args.command == "build" and args.shard is not None and args.resume:
+        parser.error("--resume continues a one-process build; a shard that stopped is run again whole")
     warnings.showwarning = _one_line_warning
     try:  # Ctrl-C while torch is still being imported is an interruption too, not a traceback
         return _run(args)
@@ -211,12 +232,13 @@ def _run(args) -> int:
     from store import StoreError
 
     user_errors: tuple[type[BaseException], ...] = (StoreError,)
-    if args.command in ("build", "demo"):
+    if args.command in ("build", "demo", "merge"):
         from pipeline.build import BuildInterrupted
         from pipeline.corpus import CorpusError
         from pipeline.models import ModelError
+        from pipeline.shards import ShardError
 
-        user_errors += (CorpusError, ModelError, BuildInterrupted)
+        user_errors += (CorpusError, ModelError, BuildInterrupted, ShardError)
     try:
         return _COMMANDS[args.command](args)
     except user_errors as e:
@@ -243,9 +265,40 @@ def _build(args) -> int:
                         lens_sample_shift=args.lens_sample.bit_length() - 1)
     params = BuildParams(model=args.model, corpus=args.corpus, max_tokens=args.max_tokens, stats=stats,
                          batch_size=args.batch_size, dtype=args.dtype)
+    if args.shard is not None:
+        return _build_shard(params, args)
     out = build(params, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
                 checkpoint_every_s=args.checkpoint_every)
     print(_summary(out))
+    return 0
+
+
+def _build_shard(params, args) -> int:
+    from pipeline import corpus as corpora
+    from pipeline.build import _model, corpus_fingerprint
+    from pipeline.progress import Progress
+    from pipeline.shards import run_shard, save_shard
+
+    index, count = args.shard
+    corpora.check_corpus(params.corpus)
+    model = _model(params, args.device)
+    bar = Progress(total_tokens=None, done_tokens=0, enabled=not args.no_progress)
+    try:
+        shard = run_shard(params, index, count, model, fingerprint=corpus_fingerprint(params.corpus),
+                          on_batch=bar.update)
+    finally:
+        bar.close()
+    out = save_shard(shard, args.out)
+    print(f"{shard.name()}: {shard.stop - shard.start} windows in {shard.elapsed_s:.1f} s -> {out}; "
+          f"merge all {count} with `mechscope merge SHARD... --out STORE`")
+    return 0
+
+
+def _merge(args) -> int:
+    from pipeline.shards import load_shard, merge_shards
+
+    shards = [load_shard(path) for path in args.shards]
+    print(_summary(merge_shards(shards, args.out, device=args.device, progress=not args.no_progress)))
     return 0
 
 
@@ -349,7 +402,7 @@ def _demo(args) -> int:
 
 
 _COMMANDS = {
-    "build": _build, "info": _info, "verify": _verify, "query": _query, "serve": _serve, "demo": _demo,
+    "build": _build, "merge": _merge, "info": _info, "verify": _verify, "query": _query, "serve": _serve, "demo": _demo,
 }
 
 

@@ -17,17 +17,20 @@ import pyarrow as pa
 
 from pipeline import corpus as corpora
 from pipeline.example_windows import ExampleWindows
+from pipeline.shards import merged_documents
 from pipeline.stats.deferred import TokenIdsAt, TokenWindows
-from pipeline.windows import decode_joint, decode_tokens, iter_windows
+from pipeline.windows import WindowBatch, decode_joint, decode_tokens, iter_windows
 from store.schema import table
 
 
 def write_corpus_tables(writer, params, model, n_windows: int, windows: Sequence[TokenWindows] = (),
-                        ids_at: Sequence[TokenIdsAt] = ()) -> tuple[dict, list[pa.ChunkedArray], list[np.ndarray]]:
+                        ids_at: Sequence[TokenIdsAt] = (), parts=None
+                        ) -> tuple[dict, list[pa.ChunkedArray], list[np.ndarray]]:
     """Stream `documents` and `tokens` into the writer. Returns corpus facts for the manifest, the
     token texts of each `windows` request (a list<string> ChunkedArray, row-aligned with it), and
     the token ids of each `ids_at` request (same shape as its positions; -1 for a position of -1,
-    a BOS, or beyond the windows read)."""
+    a BOS, or beyond the windows read). `parts`: the shards' `pipeline.shards.CorpusPart`s, in
+    window order, read instead of the corpus."""
     seq_len = params.stats.seq_len
     examples = [ExampleWindows(w.starts, w.width, seq_len) for w in windows]
     wanted = np.unique(np.concatenate([np.asarray(r.positions, np.int64).reshape(-1) for r in ids_at] or
@@ -42,17 +45,25 @@ def write_corpus_tables(writer, params, model, n_windows: int, windows: Sequence
     with writer.table_writer("documents") as doc_out, writer.table_writer("tokens") as tok_out:
 
         def on_document(doc, n_tokens: int) -> None:
+            add_document({"doc_id": doc.doc_id, "source": doc.source, "n_chars": len(doc.text),
+                          "n_tokens": n_tokens, "text": doc.text})
+
+        def add_document(row: dict) -> None:
             nonlocal n_docs
-            docs.append({"doc_id": doc.doc_id, "source": doc.source, "n_chars": len(doc.text),
-                         "n_tokens": n_tokens, "text": doc.text})
+            docs.append(row)
             n_docs += 1
             if len(docs) >= 1024:
                 doc_out.write(pa.Table.from_pylist(docs, schema=doc_schema))
                 docs.clear()
 
-        batches = iter_windows(corpora.iter_documents(params.corpus), model.tokenizer, model.bos_token_id,
-                               seq_len, params.max_tokens, 64, on_document=on_document,
-                               stop_window=n_windows)
+        if parts is None:
+            batches = iter_windows(corpora.iter_documents(params.corpus), model.tokenizer, model.bos_token_id,
+                                   seq_len, params.max_tokens, 64, on_document=on_document,
+                                   stop_window=n_windows)
+        else:
+            batches = _part_batches(parts, 64)
+            for row in merged_documents(parts):
+                add_document(row)
         for batch in batches:
             ids = batch.token_ids
             missing = [int(i) for i in np.unique(ids) if int(i) not in decoded]
@@ -80,6 +91,15 @@ def write_corpus_tables(writer, params, model, n_windows: int, windows: Sequence
     texts = [ex.merged_texts(solo, lambda ids: decode_joint(model.tokenizer, ids)) if w.merged else ex.token_texts(solo)
              for ex, w in zip(examples, windows, strict=True)]
     return {"n_documents": n_docs}, texts, [_lookup(r.positions, wanted, found) for r in ids_at]
+
+
+def _part_batches(parts, size: int):
+    """The parts' windows as `WindowBatch`es of `size` windows, in order."""
+    for part in parts:
+        for lo in range(0, len(part.token_ids), size):
+            ids = part.token_ids[lo:lo + size].astype(np.int64)
+            first = part.first_window + lo
+            yield WindowBatch(np.arange(first, first + len(ids), dtype=np.int64), ids, part.doc_ids[lo:lo + size])
 
 
 def _lookup(positions, wanted: np.ndarray, found: np.ndarray) -> np.ndarray:

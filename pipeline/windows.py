@@ -30,10 +30,14 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.corpus import Document
+
+if TYPE_CHECKING:
+    from pipeline.corpus_index import Resume
 
 GROUP_DOCS = 64  # documents per tokenizer batch call ...
 GROUP_CHARS = 1 << 18  # ... or fewer, once their texts reach this many characters
@@ -55,11 +59,14 @@ def n_windows_for(max_tokens: int, seq_len: int) -> int:
 
 def iter_windows(docs: Iterable[Document], tokenizer, bos_id: int, seq_len: int, max_tokens: int | None,
                  batch_size: int, on_document: Callable[[Document, int], None] | None = None,
-                 start_window: int = 0, stop_window: int | None = None) -> Iterator[WindowBatch]:
+                 start_window: int = 0, stop_window: int | None = None,
+                 resume: Resume | None = None) -> Iterator[WindowBatch]:
     """Batches of the windows [start_window, stop_window) of the packed corpus (module docstring),
     at most `n_windows_for(max_tokens, seq_len)` of them; `None` means no limit.
 
-    Windows before `start_window` are tokenized (to know where they fall) but not yielded.
+    Windows before `start_window` are tokenized (to know where they fall) but not yielded, unless
+    `resume` (`pipeline.corpus_index.CorpusIndex.resume_at(start_window)`) says where they end:
+    then the documents before it are skipped untokenized.
     `on_document(doc, n_tokens)` is called once, in document order, for every document with
     tokens in a yielded window, with how many of its tokens are in yielded windows; it is called
     by the time the batch holding the document's last read token, or the next one, is yielded,
@@ -69,6 +76,11 @@ def iter_windows(docs: Iterable[Document], tokenizer, bos_id: int, seq_len: int,
         return
     chunk = seq_len - 1
     packer = _Packer(chunk, bos_id)
+    if resume is not None and resume.skip_docs:
+        if resume.stream_pos > start_window * chunk:
+            raise ValueError("resume lies after start_window: it is not this window's")
+        docs = itertools.islice(docs, resume.skip_docs, None)
+        packer.seed(resume)
     reports = _Reports(packer.spans, on_document, start_window * chunk)
     pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # (window, tokens [chunk], doc ids [chunk])
     for window, tokens, doc_ids in _cut_corpus(docs, tokenizer, packer):
@@ -139,6 +151,14 @@ class _Packer:
         self.spans: deque[tuple[Document, int, int]] = deque()  # documents added: [start, end) positions
         self._tokens: list[list[int]] = []
         self._docs: list[tuple[int, int]] = []  # (doc_id or -1, how many positions) per piece
+
+    def seed(self, resume: Resume) -> None:
+        """Stand where the packer stood after the documents before `resume.skip_docs`: the
+        positions of the chunk under way are placeholders (they belong to windows not yielded)."""
+        self.length = resume.stream_pos
+        self.n_docs = int(resume.after_a_document)
+        self.n_windows, rest = divmod(resume.stream_pos, self.chunk)
+        self._tokens, self._docs = ([[self.bos_id] * rest], [(-1, rest)]) if rest else ([], [])
 
     def add(self, doc: Document, ids: list[int]) -> None:
         if not ids:
@@ -214,13 +234,13 @@ def _batch(pending: list[tuple[int, np.ndarray, np.ndarray]], bos_id: int) -> Wi
 
 def _cut_corpus(docs: Iterable[Document], tokenizer, packer: _Packer) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Every complete chunk of the corpus, tokenizing lazily: a group of documents at a time."""
-    for group in _groups(docs):
-        for doc, ids in zip(group, _encode(tokenizer, [d.text for d in group]), strict=True):
+    for group in document_groups(docs):
+        for doc, ids in zip(group, encode_texts(tokenizer, [d.text for d in group]), strict=True):
             packer.add(doc, ids)
         yield from packer.cut()
 
 
-def _groups(docs: Iterable[Document]) -> Iterator[list[Document]]:
+def document_groups(docs: Iterable[Document]) -> Iterator[list[Document]]:
     group: list[Document] = []
     chars = 0
     for doc in docs:
@@ -233,7 +253,7 @@ def _groups(docs: Iterable[Document]) -> Iterator[list[Document]]:
         yield group
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, no special tokens added. `verbose=False` silences the warning
     about texts longer than the model's context: they are cut into windows here."""
     if hasattr(tokenizer, "encode_batch") and not callable(tokenizer):  # a bare `tokenizers.Tokenizer`

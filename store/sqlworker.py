@@ -15,14 +15,17 @@ or wide row can take the serving process's memory:
   parent never holds more than the byte cap; the parent checks both again as it reads;
 - the parent kills the child (SIGKILL) at the time limit: a query ends within it plus the
   process's exit, whatever it is doing;
-- at most `MAX_CONCURRENT` queries run at once per serving process; one more waits up to
-  `SLOT_WAIT_S` for a slot, then is refused with `QueryBusy` ("busy, try again"): no queue grows.
+- at most `MAX_CONCURRENT` queries run at once per serving process; the next ones wait in a
+  first-come line of at most `MAX_WAITING`, each up to `SLOT_WAIT_S`; a query that finds the
+  line full, or waits its whole time, is refused with `QueryBusy` ("busy, try again"). The line
+  is fair (a session that retried is not overtaken by newer ones) and bounded (no queue grows).
 
 The child's peak resident memory (`wait4`'s ru_maxrss) comes back with every result and refusal.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -39,11 +42,60 @@ WORKER_ADDRESS_SPACE = 2 * 2**30  # bytes of virtual memory per query's process 
 DUCKDB_MEMORY = "1GB"  # DuckDB's own limit, inside the address space
 DUCKDB_THREADS = 2
 MAX_CONCURRENT = 2  # user queries running at once in one serving process
-SLOT_WAIT_S = 5.0  # how long a query waits for a free slot before "busy, try again"
+MAX_WAITING = 16  # queries waiting for a slot, in arrival order; one more is told "busy" at once
+SLOT_WAIT_S = 30.0  # how long a query waits in that line before "busy, try again"
 BATCH_ROWS = 256  # rows per batch sent back: a batch of wide rows stays small
 EXIT_REFUSED = 3
 
-_slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+
+
+class FairSlots:
+    """`slots` permits handed out in arrival order to at most `max_waiting` waiters. Unlike a
+    semaphore, a waiter is never overtaken by a later one, so under load every query gets its
+    turn instead of some sessions starving."""
+
+    def __init__(self, slots: int, max_waiting: int):
+        self._free, self.max_waiting = slots, max_waiting
+        self._line: collections.deque = collections.deque()
+        self._changed = threading.Condition()
+
+    def acquire(self, timeout: float) -> bool:
+        """True once this caller holds a slot; False when the line is full or `timeout` passed."""
+        with self._changed:
+            if self._free > 0 and not self._line:
+                self._free -= 1
+                return True
+            if len(self._line) >= self.max_waiting or timeout <= 0:
+                return False
+            ticket = object()
+            self._line.append(ticket)
+            deadline = time.monotonic() + timeout
+            try:
+                while not (self._free > 0 and self._line[0] is ticket):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._changed.wait(left)
+                self._line.popleft()
+                self._free -= 1
+                return True
+            finally:
+                if ticket in self._line:  # gave up (timeout, or an exception while waiting)
+                    self._line.remove(ticket)
+                self._changed.notify_all()  # the next in line may now be first
+
+    def release(self) -> None:
+        with self._changed:
+            self._free += 1
+            self._changed.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        with self._changed:
+            return len(self._line)
+
+
+_slots = FairSlots(MAX_CONCURRENT, MAX_WAITING)
 _REPO = str(Path(__file__).resolve().parents[1])
 
 
@@ -87,7 +139,8 @@ def run_in_worker(store_dir: Path, files: dict[str, str], sql: str, limits: Work
 
     release_memory()
     if not _slots.acquire(timeout=SLOT_WAIT_S):
-        raise QueryBusy(f"busy: {MAX_CONCURRENT} queries are running on this server; try again in a moment")
+        raise QueryBusy(f"busy: {MAX_CONCURRENT} queries are running on this server and more are waiting; "
+                        "try again in a moment")
     try:
         request = {"files": files, "sql": sql, "max_rows": limits.max_rows, "max_bytes": limits.max_bytes,
                    "address_space": limits.address_space, "duckdb_memory": limits.duckdb_memory,

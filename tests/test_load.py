@@ -107,6 +107,10 @@ def served(store: Path):
             serve.wait()
 
 
+def _running(page) -> bool:
+    return page.locator('[data-testid="stSpinner"]').count() > 0
+
+
 def _finished(page) -> tuple[str, list[str]] | None | bool:
     """(its notice, the result's cells) once a session's query ended; True when it was told busy."""
     alerts = page.locator('[data-testid="stAlert"]')
@@ -140,9 +144,9 @@ def drive(url: str, sqls: dict[int, str]) -> tuple[dict, int]:
         end = time.monotonic() + 480  # 20 queries through 2 slots, each a new process: slow on 2 busy cores
         while len(outcome) < len(pages) and time.monotonic() < end:
             for i, page in enumerate(pages):
-                # a notice seen right after a click may be the last run's, still on screen: give
-                # the new run its slot wait and some before reading the page again
-                if i in outcome or time.monotonic() - clicked[i] < sqlworker.SLOT_WAIT_S + 3:
+                # the last run's notice stays on screen while the new run waits in line and runs
+                # (its spinner shows): read a page only once that is over
+                if i in outcome or time.monotonic() - clicked[i] < 3 or _running(page):
                     continue
                 state = _finished(page)
                 if isinstance(state, tuple):

@@ -111,7 +111,8 @@ def test_no_absolute_paths_in_definitions_plans_or_errors(store):
     assert defs == [{"d": "CREATE VIEW neurons AS SELECT * FROM read_parquet('neurons.parquet');"}]
 
 
-def test_concurrent_queries_beyond_the_cap_are_told_to_retry(store):
+def test_concurrent_queries_beyond_the_cap_are_told_to_retry(store, monkeypatch):
+    monkeypatch.setattr(sqlworker, "SLOT_WAIT_S", 2.0)
     results: list = []
 
     def slow() -> None:
@@ -128,11 +129,52 @@ def test_concurrent_queries_beyond_the_cap_are_told_to_retry(store):
     started = time.perf_counter()
     with pytest.raises(QueryBusy, match="busy.*try again"):
         run_user_query(store, "SELECT 1")
-    assert time.perf_counter() - started < sqlworker.SLOT_WAIT_S + 0.5  # refused after a short wait, not queued
+    assert time.perf_counter() - started < sqlworker.SLOT_WAIT_S + 0.5  # refused after its wait, not queued on
     for t in threads:
         t.join()
     assert [type(e) for e in results] == [QueryTimeout] * sqlworker.MAX_CONCURRENT
     assert run_user_query(store, "SELECT 42 AS x").table.to_pylist() == [{"x": 42}]  # slots are back
+
+
+def test_slots_are_handed_out_in_arrival_order_to_a_bounded_line():
+    slots = sqlworker.FairSlots(slots=1, max_waiting=3)
+    assert slots.acquire(timeout=0)
+    order: list[int] = []
+
+    def wait(i: int) -> None:
+        if slots.acquire(timeout=30):
+            order.append(i)
+            time.sleep(0.01)
+            slots.release()
+
+    threads = []
+    for i in range(3):  # join the line one after another
+        threads.append(threading.Thread(target=wait, args=(i,)))
+        threads[-1].start()
+        while slots.waiting < i + 1:
+            time.sleep(0.001)
+    assert not slots.acquire(timeout=5)  # the line is full: refused at once, not after 5 s
+    slots.release()
+    for t in threads:
+        t.join()
+    assert order == [0, 1, 2]  # nobody overtaken, whatever the thread scheduler does
+    assert slots.waiting == 0 and slots.acquire(timeout=0)
+
+
+def test_a_waiter_that_gives_up_leaves_the_line():
+    slots = sqlworker.FairSlots(slots=1, max_waiting=2)
+    assert slots.acquire(timeout=0)
+    started = time.perf_counter()
+    assert not slots.acquire(timeout=0.2)
+    assert 0.2 <= time.perf_counter() - started < 2 and slots.waiting == 0
+    got: list[bool] = []
+    later = threading.Thread(target=lambda: got.append(slots.acquire(timeout=30)))
+    later.start()
+    while slots.waiting < 1:
+        time.sleep(0.001)
+    slots.release()  # the one still waiting gets it: a waiter who left does not block the line
+    later.join()
+    assert got == [True]
 
 
 def _err(capsys) -> str:
@@ -154,12 +196,13 @@ def test_cli_query_gives_one_line(store, capsys):
 
 def test_console_shares_the_worker_and_says_busy(store, monkeypatch):
     monkeypatch.setenv(nav.ENV_VAR, str(store.path))
+    monkeypatch.setattr(sqlworker, "SLOT_WAIT_S", 0.5)
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=60).run()
     at.switch_page(nav.SQL).run()
     at.text_area(key="sql_text").input("SELECT len(range(100000000)) AS x").run()
     at.button(key="run").click().run()
     assert not at.exception and "memory limit" in at.error[0].value
-    held = [sqlworker._slots.acquire(blocking=False) for _ in range(sqlworker.MAX_CONCURRENT)]
+    held = [sqlworker._slots.acquire(timeout=0) for _ in range(sqlworker.MAX_CONCURRENT)]
     try:
         assert all(held)  # every slot taken, as by other sessions' queries
         at.button(key="run").click().run()

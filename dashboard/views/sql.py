@@ -43,7 +43,8 @@ with left:
     sql = st.text_area("SQL", key=_SQL_KEY, height=240)
     if st.button("Run query", type="primary", key="run"):
         try:
-            st.session_state[_RESULT_KEY] = ("ok", sql, data.run_sql(path, sql, MAX_ROWS, TIMEOUT_S))
+            with st.spinner("Running the query (when the server is busy it waits its turn first)…"):
+                st.session_state[_RESULT_KEY] = ("ok", sql, data.run_sql(path, sql, MAX_ROWS, TIMEOUT_S))
         except StoreError as e:
             st.session_state[_RESULT_KEY] = ("error", sql, str(e))
 

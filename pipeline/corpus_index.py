@@ -1,0 +1,104 @@
+"""Where every window of a packed corpus begins, from one tokenize-and-count pass, cached.
+
+A build in pieces (shards, `--resume`) starts at some window `w`. Without an index, finding the
+first token of window `w` means tokenizing every document before it, so N shards would
+tokenize O(N x corpus). The index is the number of tokens of each document (in reading order);
+with the packing rule of `pipeline/windows.py` it gives, by arithmetic, the document that holds
+window `w`'s first token and the state the packer had just before that document (`Resume`).
+A shard then skips the documents before it unread by the tokenizer (their text is still read:
+I/O, not tokenization) and tokenizes only its own range.
+
+The counts depend on the corpus content and the tokenizer, so the cache file is named by the
+corpus fingerprint and the model: `$MECHSCOPE_CACHE` (default `~/.cache/mechscope`) /
+`corpus_index/<key>.npy`. A driver (`mechscope build --ray`) computes it once and hands it to
+every shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import corpus as corpora
+from pipeline.models import cache_dir
+from pipeline.windows import document_groups, encode_texts
+
+CACHE_ENV = "MECHSCOPE_CACHE"  # read by pipeline.models.cache_dir
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The packer's state just before document `skip_docs` (in reading order): the stream
+    positions taken so far and whether any document with tokens came before."""
+
+    skip_docs: int
+    stream_pos: int
+    after_a_document: bool
+
+
+@dataclass(frozen=True)
+class CorpusIndex:
+    counts: np.ndarray  # int64 [documents]: tokens of each document of `iter_documents`, in order
+
+    def ends(self, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """(begin, end) stream positions of every document: `begin` is where the packer stood
+        before it (its separator, if any, comes next), `end` one past its last token. A
+        document without tokens takes no positions."""
+        chunk = seq_len - 1
+        begins = np.empty(len(self.counts), dtype=np.int64)
+        ends = np.empty(len(self.counts), dtype=np.int64)
+        pos, seen = 0, False
+        for i, n in enumerate(self.counts.tolist()):
+            begins[i] = pos
+            if n:
+                if seen and pos % chunk:  # the separator, unless the document opens a chunk
+                    pos += 1
+                pos += n
+                seen = True
+            ends[i] = pos
+        return begins, ends
+
+    def n_windows(self, seq_len: int) -> int:
+        """Complete windows in the packed corpus (the last incomplete chunk is dropped)."""
+        _, ends = self.ends(seq_len)
+        return int(ends[-1]) // (seq_len - 1) if len(ends) else 0
+
+    def resume_at(self, window: int, seq_len: int) -> Resume:
+        """Where to start reading for window `window`: the last document that begins (separator
+        included) at or before the window's first stream position. Positions between that
+        document's begin and the window are in earlier windows, which are cut but not yielded."""
+        if window <= 0:
+            return Resume(0, 0, False)
+        begins, _ = self.ends(seq_len)
+        first = window * (seq_len - 1)
+        k = int(np.searchsorted(begins, first, side="right")) - 1
+        return Resume(k, int(begins[k]), bool((self.counts[:k] > 0).any()))
+
+
+def count_tokens(spec: str, tokenizer) -> CorpusIndex:
+    """The index, by tokenizing every document once (in the same groups as the harvest)."""
+    counts: list[int] = []
+    for group in document_groups(corpora.iter_documents(spec)):
+        counts += [len(ids) for ids in encode_texts(tokenizer, [d.text for d in group])]
+    return CorpusIndex(np.asarray(counts, dtype=np.int64))
+
+
+def corpus_index(spec: str, model, fingerprint: str) -> CorpusIndex:
+    """The index of corpus `spec` under `model`'s tokenizer: from the cache, or counted and
+    cached (written atomically: concurrent shards on one machine may race to write it)."""
+    key = hashlib.sha256(f"{fingerprint}\0{model.name}\0{len(model.tokenizer)}".encode()).hexdigest()[:32]
+    path = cache_dir() / "corpus_index" / f"{key}.npy"
+    if path.exists():
+        try:
+            return CorpusIndex(np.load(path, allow_pickle=False).astype(np.int64))
+        except (OSError, ValueError):
+            pass  # damaged: count again below
+    index = count_tokens(spec, model.tokenizer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, index.counts)
+    os.replace(tmp, path)
+    return index
