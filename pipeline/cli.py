@@ -153,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint-every", type=_seconds, default=120.0, metavar="SECONDS",
                    help="how often to save a checkpoint that --resume continues from")
     b.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the build as shards on Ray: on a local cluster started for it (no ADDRESS), or on "
+                        "the cluster at ADDRESS (ray://HOST:10001, auto); merged into --out")
+    b.add_argument("--shards", type=_positive, default=None,
+                   help="with --ray: how many shards (default: one per worker slot of the cluster)")
+    b.add_argument("--worker-threads", type=_positive, default=1,
+                   help="with --ray on CPUs: torch threads (and CPUs reserved) per Ray worker")
     b.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="harvest only the I-th of N window ranges (1-based) into --out; `mechscope merge` "
                         "puts the N shards together into the store")
@@ -211,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-tokens {args.max_tokens} is less than one window of --seq-len {args.seq_len}")
     if args.command == "build" and args.shard is not None and args.resume:
         parser.error("--resume continues a one-process build; a shard that stopped is run again whole")
+    if args.command == "build" and args.ray is not None and (args.shard is not None or args.resume):
+        parser.error("--ray runs every shard and merges them: it takes neither --shard nor --resume")
+    if args.command == "build" and args.ray is None and args.shards is not None:
+        parser.error("--shards goes with --ray (one shard at a time: --shard I/N)")
     warnings.showwarning = _one_line_warning
     try:  # Ctrl-C while torch is still being imported is an interruption too, not a traceback
         return _run(args)
@@ -267,6 +278,13 @@ def _build(args) -> int:
                          batch_size=args.batch_size, dtype=args.dtype)
     if args.shard is not None:
         return _build_shard(params, args)
+    if args.ray is not None:
+        from pipeline.ray_build import ray_build
+
+        out = ray_build(params, args.out, address=args.ray or None, shards=args.shards, device=args.device,
+                        worker_threads=args.worker_threads, progress=not args.no_progress)
+        print(_summary(out))
+        return 0
     out = build(params, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
                 checkpoint_every_s=args.checkpoint_every)
     print(_summary(out))
