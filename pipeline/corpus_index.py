@@ -10,7 +10,7 @@ I/O, not tokenization) and tokenizes only its own range.
 
 The counts depend on the corpus content and the tokenizer, so the cache file is named by the
 corpus fingerprint and the model: `$MECHSCOPE_CACHE` (default `~/.cache/mechscope`) /
-`corpus_index/<key>.npy`. A driver (`mechscope build --ray`) computes it once and hands it to
+`corpus_index/<key>.npz`. A driver (`mechscope build --ray`) computes it once and hands it to
 every shard.
 """
 
@@ -42,6 +42,7 @@ class Resume:
 @dataclass(frozen=True)
 class CorpusIndex:
     counts: np.ndarray  # int64 [documents]: tokens of each document of `iter_documents`, in order
+    complete: bool = True  # False: the first documents only (enough for a build capped by --max-tokens)
 
     def ends(self, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """(begin, end) stream positions of every document: `begin` is where the packer stood
@@ -62,7 +63,8 @@ class CorpusIndex:
         return begins, ends
 
     def n_windows(self, seq_len: int) -> int:
-        """Complete windows in the packed corpus (the last incomplete chunk is dropped)."""
+        """Complete windows in the packed corpus (the last incomplete chunk is dropped); of an
+        incomplete index, the windows its documents fill."""
         _, ends = self.ends(seq_len)
         return int(ends[-1]) // (seq_len - 1) if len(ends) else 0
 
@@ -78,27 +80,37 @@ class CorpusIndex:
         return Resume(k, int(begins[k]), bool((self.counts[:k] > 0).any()))
 
 
-def count_tokens(spec: str, tokenizer) -> CorpusIndex:
-    """The index, by tokenizing every document once (in the same groups as the harvest)."""
+def count_tokens(spec: str, tokenizer, enough: int | None = None) -> CorpusIndex:
+    """The index, by tokenizing the documents once (in the same groups as the harvest); with
+    `enough`, it stops after the group that brings the count to that many tokens (a build
+    capped by --max-tokens needs no more: its windows hold fewer positions than that)."""
     counts: list[int] = []
+    total = 0
     for group in document_groups(corpora.iter_documents(spec)):
         counts += [len(ids) for ids in encode_texts(tokenizer, [d.text for d in group])]
+        total = sum(counts)
+        if enough is not None and total >= enough:
+            return CorpusIndex(np.asarray(counts, dtype=np.int64), complete=False)
     return CorpusIndex(np.asarray(counts, dtype=np.int64))
 
 
-def corpus_index(spec: str, model, fingerprint: str) -> CorpusIndex:
-    """The index of corpus `spec` under `model`'s tokenizer: from the cache, or counted and
-    cached (written atomically: concurrent shards on one machine may race to write it)."""
+def corpus_index(spec: str, model, fingerprint: str, enough: int | None = None) -> CorpusIndex:
+    """The index of corpus `spec` under `model`'s tokenizer, covering at least `enough` tokens
+    (None: the whole corpus): from the cache, or counted and cached (written atomically:
+    concurrent shards on one machine may race to write it)."""
     key = hashlib.sha256(f"{fingerprint}\0{model.name}\0{len(model.tokenizer)}".encode()).hexdigest()[:32]
-    path = cache_dir() / "corpus_index" / f"{key}.npy"
+    path = cache_dir() / "corpus_index" / f"{key}.npz"
     if path.exists():
         try:
-            return CorpusIndex(np.load(path, allow_pickle=False).astype(np.int64))
-        except (OSError, ValueError):
+            with np.load(path, allow_pickle=False) as f:
+                cached = CorpusIndex(f["counts"].astype(np.int64), complete=bool(f["complete"]))
+            if cached.complete or (enough is not None and int(cached.counts.sum()) >= enough):
+                return cached
+        except (OSError, ValueError, KeyError):
             pass  # damaged: count again below
-    index = count_tokens(spec, model.tokenizer)
+    index = count_tokens(spec, model.tokenizer, enough)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, index.counts)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, counts=index.counts, complete=np.asarray(index.complete))
     os.replace(tmp, path)
     return index

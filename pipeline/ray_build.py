@@ -45,7 +45,7 @@ def ray_build(params, out: str | Path, *, address: str | None = None, shards: in
     corpora.check_corpus(params.corpus)
     model = _model(params, "cpu" if device.startswith("cuda") else device, model)
     fingerprint = corpus_fingerprint(params.corpus)
-    index = corpus_index(params.corpus, model, fingerprint)
+    index = corpus_index(params.corpus, model, fingerprint, params.max_tokens)
     n_windows = build_windows(params, index)
     with _cluster(address, worker_threads) as started:
         gpus = device.startswith("cuda")

@@ -90,7 +90,7 @@ def run_shard(params, shard: int, count: int, model, *, fingerprint: str, index:
     """Harvest shard `shard` (0-based) of `count`: its accumulator states and corpus part, in memory.
     `on_batch(tokens)` is called after every batch (progress)."""
     started = time.perf_counter()
-    index = index if index is not None else corpus_index(params.corpus, model, fingerprint)
+    index = index if index is not None else corpus_index(params.corpus, model, fingerprint, params.max_tokens)
     n_windows = build_windows(params, index)
     bounds = shard_bounds(n_windows, count, params.batch_size)
     start, stop = bounds[shard], bounds[shard + 1]

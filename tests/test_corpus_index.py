@@ -103,3 +103,21 @@ def test_the_index_is_cached_by_corpus_content(gpt2_tokenizer, tmp_path, monkeyp
     corpus.write_text('{"text": "one"}\n')  # same fingerprint: the cached counts come back, not a recount
     assert corpus_index.corpus_index(str(corpus), Model, fingerprint="a").counts.tolist() == [3, 2]
     assert corpus_index.corpus_index(str(corpus), Model, fingerprint="b").counts.tolist() == [1]
+
+
+def test_a_capped_build_counts_only_what_it_needs(gpt2_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv(corpus_index.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(win, "GROUP_DOCS", 4)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": " a" * 10}) for _ in range(40)))
+
+    class Model:
+        name, tokenizer = "gpt2-tokenizer", gpt2_tokenizer
+
+    part = corpus_index.corpus_index(str(corpus), Model, fingerprint="a", enough=75)
+    assert not part.complete and part.counts.tolist() == [10] * 8  # two groups of 4: 80 >= 75 tokens
+    corpus.write_text("")  # from here the cache answers (a recount would find nothing)
+    assert corpus_index.corpus_index(str(corpus), Model, fingerprint="a", enough=60).counts.tolist() == [10] * 8
+    corpus.write_text("\n".join(json.dumps({"text": " a" * 10}) for _ in range(40)))
+    whole = corpus_index.corpus_index(str(corpus), Model, fingerprint="a")  # more than it holds: counted again
+    assert whole.complete and whole.counts.tolist() == [10] * 40
