@@ -7,7 +7,9 @@ statistic of the registry and reports tokens/s. It runs idle and beside `--load`
 (pure Python loops at the same priority, the "other work" of a shared machine), under each
 OpenMP wait policy that torch's thread pool can be given before it starts:
 - default: libgomp's threads spin a while at each barrier before they sleep;
-- passive (`OMP_WAIT_POLICY=PASSIVE`, what `mechscope` sets unless the user set it): they sleep.
+- PASSIVE (`OMP_WAIT_POLICY=PASSIVE`): they sleep at once;
+- spinN (`GOMP_SPINCOUNT=N`): they spin N rounds, then sleep (`mechscope` sets spin10000 unless
+  the user set either variable: `pipeline/cli.py`).
 A fair share is what the scheduler owes the harvest's threads: cores x threads / (threads +
 load) of the machine, so loaded/idle should be near threads / (threads + load) if a build
 degrades in proportion to the cores it gets. Writes bench/results/busy.json.
@@ -47,10 +49,18 @@ print(sum(b.token_ids.size for b in batches[2:]) / (time.perf_counter() - t), to
 """
 
 
-def _run(args, policy: str | None, load: int) -> tuple[float, int]:
+def _env(policy: str) -> dict:
+    """The environment for a policy: default, PASSIVE, or spinN (GOMP_SPINCOUNT=N)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
+    if policy == "PASSIVE":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif policy.startswith("spin"):
+        env["GOMP_SPINCOUNT"] = policy[4:]
+    return env
+
+
+def _run(args, policy: str, load: int) -> tuple[float, int]:
+    env = _env(policy)
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load)]
     try:
         time.sleep(0.5 if load else 0)
@@ -70,24 +80,28 @@ def main() -> None:
     ap.add_argument("--load", type=int, default=4)
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=2, help="each variant this many times, interleaved")
+    ap.add_argument("--policies", default="default,PASSIVE",
+                    help="comma-separated: default, PASSIVE, spinN (GOMP_SPINCOUNT=N)")
     args = ap.parse_args()
-    variants = [(p, load) for load in (0, args.load) for p in (None, "PASSIVE")]
-    runs: dict = {f"{p or 'default'}/load{load}": [] for p, load in variants}
+    policies = args.policies.split(",")
+    variants = [(p, load) for load in (0, args.load) for p in policies]
+    runs: dict = {f"{p}/load{load}": [] for p, load in variants}
     threads = 0
     for _ in range(args.rounds):
         for p, load in variants:
             rate, threads = _run(args, p, load)
-            runs[f"{p or 'default'}/load{load}"].append(rate)
-            print(f"{p or 'default':8s} load {load}: {rate:7.1f} tok/s", flush=True)
+            runs[f"{p}/load{load}"].append(rate)
+            print(f"{p:10s} load {load}: {rate:7.1f} tok/s", flush=True)
     best = {k: max(v) for k, v in runs.items()}
     fair = threads / (threads + args.load)
     result = {"model": args.model, "torch_threads": threads, "cores": os.cpu_count(), "load": args.load,
               "tokens_per_s": runs, "fair_share": round(fair, 3)}
-    for p in ("default", "PASSIVE"):
+    for p in policies:
         loaded, idle = best[f"{p}/load{args.load}"], best[f"{p}/load0"]
         result[f"{p}: loaded / idle"] = round(loaded / idle, 3)
         result[f"{p}: loaded / fair share of idle"] = round(loaded / (fair * idle), 3)
-    result["PASSIVE / default, idle"] = round(best["PASSIVE/load0"] / best["default/load0"], 3)
+        if p != "default" and "default" in policies:
+            result[f"{p} / default, idle"] = round(idle / best["default/load0"], 3)
     print(json.dumps(result, indent=2))
     (ROOT / "bench" / "results" / "busy.json").write_text(json.dumps(result, indent=2) + "\n")
 

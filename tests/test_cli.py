@@ -477,3 +477,17 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     one_error_line(r, "cannot resume", "top_k")
     assert snapshot(partial) == before
     assert not out.exists()
+
+
+def test_openmp_threads_yield_unless_the_user_chose(ref_store, monkeypatch, capsys):
+    from pipeline import cli
+
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(var, raising=False)
+    assert cli.main(["info", str(ref_store)]) == 0
+    assert os.environ["GOMP_SPINCOUNT"] == cli.OMP_SPINCOUNT  # before torch loads in a fresh process
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert cli.main(["info", str(ref_store)]) == 0
+    assert "GOMP_SPINCOUNT" not in os.environ
+    capsys.readouterr()
