@@ -347,14 +347,30 @@ def _summary(path) -> str:
         f"store      {store.path}",
         f"model      {model.get('name')}  ({model.get('n_layers')} layers x {model.get('d_mlp')} neurons)",
         f"corpus     {corpus.get('spec')}  ({build.get('n_tokens', 0):,} tokens, "
-        f"{corpus.get('n_documents', '?')} documents)",
+        f"{_thousands(corpus.get('n_documents', '?'))} documents)",
         f"built      {m.get('created_at', '?')}  harvest {harvest_s:.1f}s, {m.get('tokens_per_s', 0):,.0f} tok/s",
+        "phases     " + _phases(m.get("timings", {})),
         "tables     " + ", ".join(f"{t} {v['rows']:,}" for t, v in m.get("tables", {}).items()),
     ]
     lacking = _lacking(store)
     if lacking:
         lines.append(f"lacks      {lacking}")
     return "\n".join(lines)
+
+
+def _thousands(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+_PHASES = {"ray_s": "Ray shards", "harvest_s": "harvest", "analyses_s": "weight analyses",
+           "corpus_tables_s": "corpus tables", "write_s": "writing"}
+
+
+def _phases(timings: dict) -> str:
+    """The build's phases and their seconds, in the order they ran."""
+    parts = [f"{_PHASES.get(k, k.removesuffix('_s'))} {v:,.1f}s" for k, v in timings.items()
+             if isinstance(v, int | float)]
+    return " · ".join(parts) or "not recorded"
 
 
 def _lacking(store) -> str:

@@ -15,7 +15,7 @@ class Progress:
             unit="tok",
             unit_scale=True,
             dynamic_ncols=True,
-            smoothing=0.1,
+            smoothing=0.02,  # the ETA follows the build's average speed, not the last few batches'
             file=sys.stderr,
             disable=not enabled,
             desc="harvest",

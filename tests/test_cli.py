@@ -352,6 +352,8 @@ def test_info_verify_query(ref_store):
     assert r.returncode == 0 and r.stderr == "", r
     assert "tiny-gpt2" in r.stdout and "2 layers x 256 neurons" in r.stdout
     assert f"{40_000 // 64 * 64:,} tokens" in r.stdout
+    phases = next(line for line in r.stdout.splitlines() if line.startswith("phases"))
+    assert all(w in phases for w in ("harvest", "weight analyses", "corpus tables", "writing")), phases
     r = mechscope("verify", ref_store)
     assert r.returncode == 0 and r.stdout.startswith("OK"), r
 
