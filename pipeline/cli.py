@@ -218,10 +218,10 @@ def _yielding_threads() -> None:
     """Let torch's OpenMP threads sleep soon when they wait. libgomp's threads spin about 300,000
     rounds at every barrier before they sleep; on a machine with other work, a thread that spins
     while its partner is descheduled burns the build's share of the cores: a gpt2-random harvest
-    beside 4 busy processes on 2 cores ran at 0.44 of its fair share, and at 0.79 with 10,000
-    rounds, at the same idle speed (`python bench/busy.py`). Must run before torch is imported;
-    a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins. Child processes (Ray workers, the
-    dashboard) inherit it."""
+    beside 4 busy processes on 2 cores ran at about half its fair share, and at 0.8 of it with
+    10,000 rounds, at the same idle speed (`python bench/busy.py`; README, Performance). Must
+    run before torch is imported; a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins. Child
+    processes (Ray workers, the dashboard) inherit it."""
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = OMP_SPINCOUNT
 

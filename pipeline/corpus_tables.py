@@ -5,7 +5,8 @@ re-reads the corpus once at the end (tokenization is cheap next to the model) an
 two tables out; on the way it resolves every `deferred` request of every table: the token ids
 at given positions (`TokenIdsAt`, e.g. the token after each neuron's top examples) and the token
 texts of given windows (`TokenWindows`, via `pipeline/example_windows.py`, e.g. the context
-tokens of neuron and head examples).
+tokens of neuron and head examples). A merge of shards (`pipeline/shards.py`) reads the windows
+and documents each shard kept instead of the corpus.
 """
 
 from __future__ import annotations

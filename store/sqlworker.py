@@ -20,7 +20,8 @@ or wide row can take the serving process's memory:
   line full, or waits its whole time, is refused with `QueryBusy` ("busy, try again"). The line
   is fair (a session that retried is not overtaken by newer ones) and bounded (no queue grows).
 
-The child's peak resident memory (`wait4`'s ru_maxrss) comes back with every result and refusal.
+The child's own peak resident memory (its VmHWM, reported as it exits or read before a kill)
+comes back with every result and refusal.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ MAX_WAITING = 16  # queries waiting for a slot, in arrival order; one more is to
 SLOT_WAIT_S = 30.0  # how long a query waits in that line before "busy, try again"
 BATCH_ROWS = 256  # rows per batch sent back: a batch of wide rows stays small
 EXIT_REFUSED = 3
-
 
 
 class FairSlots:
