@@ -87,8 +87,9 @@ def count_tokens(spec: str, tokenizer, enough: int | None = None) -> CorpusIndex
     counts: list[int] = []
     total = 0
     for group in document_groups(corpora.iter_documents(spec)):
-        counts += [len(ids) for ids in encode_texts(tokenizer, [d.text for d in group])]
-        total = sum(counts)
+        group_counts = [len(ids) for ids in encode_texts(tokenizer, [d.text for d in group])]
+        counts += group_counts
+        total += sum(group_counts)
         if enough is not None and total >= enough:
             return CorpusIndex(np.asarray(counts, dtype=np.int64), complete=False)
     return CorpusIndex(np.asarray(counts, dtype=np.int64))
