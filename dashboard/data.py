@@ -97,6 +97,11 @@ def token_selectivity(path: str, token: str, n: int = 10) -> list[dict]:
     return queries.token_selectivity(get_store(path), token, n).to_pylist()
 
 
+@st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=64)
+def related_tokens(path: str, token: str) -> list[str]:
+    return queries.related_tokens(get_store(path), token)
+
+
 @st.cache_data(show_spinner=False, ttl=_TTL_S, max_entries=512)
 def neuron(path: str, layer: int, neuron: int) -> dict | None:
     rows = queries.neuron(get_store(path), layer, neuron).to_pylist()

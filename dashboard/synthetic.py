@@ -11,6 +11,9 @@ they existed. Planted facts the tests check:
   4.999) sit on position 1, the first token after the BOS, in every window (after_bos_frac 1.0);
 - layer 1, neuron 1 fires once on " Paris" (4.998, above any activation of layer 0, neuron 2)
   and nowhere else much: the strongest single activation on " Paris", but not selective for it;
+- layer 0, neuron 4 is a city neuron: it fires on every " London" and on one " Paris" (about 3);
+  `token_neighbours` makes " London", " France" and " city" the tokens related to " Paris" (cosine
+  about 0.6 in a made-up 64-d embedding; every other pair stays below 0.3);
 - top examples are at most one per window (each window's strongest position), as the pipeline's;
 - window 1, position 2 is a whitespace-only token " ", and window 0, positions 2-3 an em dash split
   over two byte-level tokens (" c.\ufffd", "\ufffd" -> shown " c.", "—"), both in L1/N6's examples;
@@ -49,7 +52,8 @@ VOCAB = (" the", " Paris", " is", " capital", " of", " France", ".", "\n", " cat
 N_LAYERS, D_MLP, SEQ_LEN, N_WINDOWS, TOP_K, RECORDS = 2, 8, 16, 6, 5, 12
 CTX_BEFORE, CTX_WIDTH = 4, 7
 PLANTED = {(0, 2): " Paris", (1, 3): XSS_TOKEN}
-ARTEFACT_NEURON, UNSELECTIVE_NEURON = (1, 6), (1, 1)
+ARTEFACT_NEURON, UNSELECTIVE_NEURON, CITY_NEURON = (1, 6), (1, 1), (0, 4)
+CITY_TOKENS = (" Paris", " London", " France", " city")  # near each other in `_token_neighbours`
 # (seq_id, pos) -> (text,) or (text, text as shown): a whitespace-only token, and an em dash split
 # over two byte-level tokens (each decodes alone to U+FFFD); all inside L1/N6's top-example contexts
 PLANTED_TEXT = {(1, 2): (" ",), (0, 2): (" c.\ufffd", " c."), (0, 3): ("\ufffd", "—")}
@@ -80,6 +84,10 @@ def _activations(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
     acts[layer, neuron, :, 1] = 4.999 - 1e-4 * np.arange(N_WINDOWS)  # right after the BOS, every window
     layer, neuron = UNSELECTIVE_NEURON
     acts[layer, neuron, 3, 7] = 4.998  # one " Paris" (planted in _corpus)
+    layer, neuron = CITY_NEURON
+    london = ids == VOCAB.index(" London")
+    acts[layer, neuron][london] = 3.0 + 0.2 * np.random.default_rng(11).random(int(london.sum()))  # rng kept as it was
+    acts[layer, neuron, 5, 2] = 3.1  # one " Paris" (planted in _corpus)
     acts[:, :, :, 0] = np.nan  # BOS positions carry no statistic
     return acts
 
@@ -410,6 +418,24 @@ def _lens_tables(seed: int, ids: np.ndarray) -> dict[str, list[dict]]:
     return {"logit_lens": lens, "lens_positions": positions, "layer_stats": stats}
 
 
+def _token_neighbours(ids: np.ndarray) -> list[dict]:
+    """Every corpus token's other corpus tokens by cosine of a made-up embedding, nearest first:
+    CITY_TOKENS share a direction (cosine about 0.6), the rest are random 64-d vectors."""
+    rng = np.random.default_rng(7)
+    emb = rng.normal(size=(len(VOCAB), 64))
+    shared = rng.normal(size=64)
+    for tok in CITY_TOKENS:
+        emb[VOCAB.index(tok)] = shared + 0.8 * emb[VOCAB.index(tok)]
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    present = sorted({int(i) for i in ids[ids >= 0]})
+    rows = []
+    for i in present:
+        others = sorted((j for j in present if j != i), key=lambda j: (-float(unit[i] @ unit[j]), j))
+        rows += [{"token_id": i, "token": VOCAB[i], "rank": r, "neighbour_id": j, "neighbour": VOCAB[j],
+                  "cosine": float(unit[i] @ unit[j])} for r, j in enumerate(others)]
+    return rows
+
+
 def _table(name: str, rows: list[dict]) -> pa.Table:
     schema = TABLES_BY_NAME[name].arrow_schema()
     return pa.Table.from_pylist(rows, schema=schema)
@@ -432,7 +458,8 @@ def write_synthetic_store(out: str | Path, name: str = "synthetic-2x8", seed: in
         d["n_chars"] = len(d["text"])
     neurons, examples, records = _neuron_rows(rng, acts, ids)
     tables = {"documents": documents, "tokens": tokens, "neurons": neurons, "neuron_examples": examples,
-              "activations": records, **_head_tables(seed, ids), **_lens_tables(seed, ids)}
+              "activations": records, "token_neighbours": _token_neighbours(ids), **_head_tables(seed, ids),
+              **_lens_tables(seed, ids)}
     writer = StoreWriter(out)
     for table, rows in tables.items():
         if table not in omit:

@@ -16,7 +16,6 @@ The orchestrator owns batching, progress, checkpoints and writing; it holds no m
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from pipeline import corpus as corpora
 from pipeline.analysis import registry as analysis_registry
 from pipeline.corpus_tables import write_corpus_tables
 from pipeline.harvest import Harvest
-from pipeline.progress import Progress
+from pipeline.progress import Progress, Steps
 from pipeline.stats import StatsConfig
 from pipeline.stats import bins as hist_bins
 from pipeline.stats.deferred import TokenIdsAt, TokenWindows
@@ -126,37 +125,37 @@ def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Harves
     """Finalize a harvest (possibly merged from shards) and the model's analyses into a committed
     store: whatever tables they fill, plus the corpus tables (from the shards' `corpus_parts`
     when given, else by re-reading the corpus)."""
-    t = time.perf_counter()
+    steps = Steps(total=len(analysis_registry.ANALYSES) + 3, enabled=progress)
     declared = {**harvest.tables(), **{tb.name: tb for a in analysis_registry.ANALYSES for tb in a.tables}}
-    parts = harvest.finalize()
+    with steps("statistics: finalize"):
+        parts = harvest.finalize()
     extra_manifest = {}
-    analyses = analysis_registry.run_analyses(model, params.stats, lambda name: _say(progress, f"analysis: {name}"))
-    for analysis, out in analyses:
+    for analysis, out in analysis_registry.run_analyses(model, params.stats, steps):
         if analysis_registry.MANIFEST_KEY in out:
             extra_manifest[analysis.name] = out.pop(analysis_registry.MANIFEST_KEY)
         parts.append(out)
     combined = assemble.combine(parts, declared)
     tables = {name: assemble.sort_rows(cols, declared[name]) for name, cols in combined.items()}
-    timings["analyses_s"] = time.perf_counter() - t
+    timings["statistics_s"] = steps.seconds["statistics: finalize"]
+    timings["analyses_s"] = sum(v for k, v in steps.seconds.items() if k.startswith("analysis: "))
 
     t = time.perf_counter()
-    _say(progress, "corpus tables and example tokens")
     windows = [(name, c, v) for name, cols in tables.items() for c, v in cols.items() if isinstance(v, TokenWindows)]
     ids_at = [(name, c, v) for name, cols in tables.items() for c, v in cols.items() if isinstance(v, TokenIdsAt)]
-    corpus_facts, texts, ids = write_corpus_tables(writer, params, model, n_windows=n_windows,
-                                                   windows=[v for *_, v in windows], ids_at=[v for *_, v in ids_at],
-                                                   parts=corpus_parts)
+    with steps("corpus tables and example tokens"):
+        corpus_facts, texts, ids = write_corpus_tables(writer, params, model, n_windows=n_windows,
+                                                       windows=[v for *_, v in windows],
+                                                       ids_at=[v for *_, v in ids_at], parts=corpus_parts)
     for (name, c, _), resolved in zip([*windows, *ids_at], [*texts, *ids], strict=True):
         tables[name][c] = resolved
     for derive in DERIVED:
         derive(tables)
     timings["corpus_tables_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    _say(progress, "writing tables")
-    for name, cols in tables.items():
-        writer.write_table(declared[name], assemble.to_arrow(cols, declared[name]))
-    timings["write_s"] = time.perf_counter() - t
+    with steps("writing tables"):
+        for name, cols in tables.items():
+            writer.write_table(declared[name], assemble.to_arrow(cols, declared[name]))
+    timings["write_s"] = steps.seconds["writing tables"]
     n_tokens = n_windows * params.stats.seq_len
     manifest = {
         "model": model.describe(),
@@ -167,14 +166,11 @@ def write_store(writer: StoreWriter, params: BuildParams, model, harvest: Harves
         "histogram": {**hist_bins.describe(), "sample_fraction": 1 / 2**params.stats.hist_sample_shift},
         **extra_manifest,
         "timings": {k: round(v, 3) for k, v in timings.items()},
+        "analysis_timings": {k.removeprefix("analysis: "): round(v, 3) for k, v in steps.seconds.items()
+                             if k.startswith("analysis: ")},
         "tokens_per_s": round(n_tokens / max(timings.get("harvest_s", 0.0), 1e-9), 1),
     }
     return writer.commit(manifest)
-
-
-def _say(enabled: bool, what: str) -> None:
-    if enabled:
-        print(f"mechscope: {what}", file=sys.stderr, flush=True)
 
 
 def _model(params: BuildParams, device: str, model=None):

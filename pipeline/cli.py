@@ -349,7 +349,7 @@ def _summary(path) -> str:
         f"corpus     {corpus.get('spec')}  ({build.get('n_tokens', 0):,} tokens, "
         f"{_thousands(corpus.get('n_documents', '?'))} documents)",
         f"built      {m.get('created_at', '?')}  harvest {harvest_s:.1f}s, {m.get('tokens_per_s', 0):,.0f} tok/s",
-        "phases     " + _phases(m.get("timings", {})),
+        "phases     " + _phases(m.get("timings", {}), m.get("analysis_timings", {})),
         "tables     " + ", ".join(f"{t} {v['rows']:,}" for t, v in m.get("tables", {}).items()),
     ]
     lacking = _lacking(store)
@@ -362,14 +362,20 @@ def _thousands(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-_PHASES = {"ray_s": "Ray shards", "harvest_s": "harvest", "analyses_s": "weight analyses",
-           "corpus_tables_s": "corpus tables", "write_s": "writing"}
+_PHASES = {"ray_s": "Ray shards", "harvest_s": "harvest", "statistics_s": "statistics",
+           "analyses_s": "weight analyses", "corpus_tables_s": "corpus tables", "write_s": "writing"}
 
 
-def _phases(timings: dict) -> str:
-    """The build's phases and their seconds, in the order they ran."""
-    parts = [f"{_PHASES.get(k, k.removesuffix('_s'))} {v:,.1f}s" for k, v in timings.items()
-             if isinstance(v, int | float)]
+def _phases(timings: dict, analyses: dict | None = None) -> str:
+    """The build's phases and their seconds, in the order they ran; the analyses one by one."""
+    parts = []
+    for k, v in timings.items():
+        if not isinstance(v, int | float):
+            continue
+        part = f"{_PHASES.get(k, k.removesuffix('_s'))} {v:,.1f}s"
+        if k == "analyses_s" and analyses:
+            part += " (" + ", ".join(f"{name} {s:,.1f}s" for name, s in analyses.items()) + ")"
+        parts.append(part)
     return " · ".join(parts) or "not recorded"
 
 

@@ -148,9 +148,9 @@ def neuron_catalogue(store: Store, layer_lo: int, layer_hi: int, promotes: str =
         return store.sql(f"{select} FROM neurons n WHERE {where} ORDER BY n.layer, n.neuron", params)
     return store.sql(
         f"""
-        WITH {_SELECTIVITY_CTE}
-        {select}, h.selectivity, h.fires_on_records, h.fires_on_max
-        FROM neurons n JOIN hits h ON h.layer = n.layer AND h.neuron = n.neuron
+        WITH {_selectivity_ctes(store)}
+        {select}, h.selectivity, h.token_recall, h.related_share, h.fires_on_records, h.fires_on_max
+        FROM neurons n JOIN scored h ON h.layer = n.layer AND h.neuron = n.neuron
         WHERE {where} ORDER BY h.selectivity DESC, n.layer, n.neuron
         """,
         [_norm(fires_on), *params],
@@ -158,36 +158,88 @@ def neuron_catalogue(store: Store, layer_lo: int, layer_hi: int, promotes: str =
 
 
 N_FIRES_ON = 5
-# Per neuron with activation records on the token (bound first: its text, normalised): how many
-# records, the largest, and the selectivity: the neuron's mean activation over *every*
-# occurrence of the token, each occurrence without a record counted at the neuron's mean (it is
-# below the neuron's R-th strongest activation), in units of its standard deviation above its
-# mean. High only when the neuron fires strongly on most occurrences, relative to its own scale.
-_SELECTIVITY_CTE = """
-    occ AS (SELECT seq_id, pos FROM tokens WHERE doc_id >= 0 AND lower(trim(token)) = ?),
+RELATED_MIN_COSINE = 0.3  # random 768-d embeddings give under 0.2; smollm2's " Paris" -> " London" is 0.61
+
+
+def _selectivity_ctes(store: Store) -> str:
+    """The CTEs of token search (one parameter, bound first: the token's text, normalised), ending
+    in `scored`: per neuron with activation records on the token, how many (`fires_on_records`),
+    the largest (`fires_on_max`), and
+
+    - `token_recall`: the share of the token's occurrences among the neuron's activation records
+      (its strongest activations over the corpus): does it fire on the token, most times;
+    - `related_share`: the share of its top-example activation (positive parts) that sits on the
+      token or on a related token, one of the token's nearest corpus tokens in the model's
+      embedding (`token_neighbours`, cosine >= RELATED_MIN_COSINE; the token alone when the store
+      has no such table): is the token what the neuron is about;
+    - `selectivity` = token_recall x related_share, in [0, 1]. A neuron that fires on every
+      occurrence and on nothing unrelated scores 1; a neuron with the strongest single activation
+      on the token but other business in its top examples, or one that fires on it once, scores low.
+    """
+    related = "SELECT token_id FROM ids"
+    if store.has("token_neighbours"):
+        related += (" UNION SELECT neighbour_id FROM token_neighbours WHERE token_id IN (SELECT token_id FROM ids)"
+                    f" AND cosine >= {RELATED_MIN_COSINE}")
+    return f"""
+    occ AS (SELECT seq_id, pos, token_id FROM tokens WHERE doc_id >= 0 AND lower(trim(token)) = ?),
+    ids AS (SELECT DISTINCT token_id FROM occ),
+    related AS ({related}),
     hits AS (
-        SELECT a.layer, a.neuron, count(*) AS fires_on_records, max(a.activation) AS fires_on_max,
-               (sum(a.activation) - count(*) * any_value(m.mean))
-                 / ((SELECT count(*) FROM occ) * nullif(any_value(m.std), 0)) AS selectivity
-        FROM activations a JOIN neurons m ON m.layer = a.layer AND m.neuron = a.neuron
+        SELECT a.layer, a.neuron, count(*) AS fires_on_records, max(a.activation) AS fires_on_max
+        FROM activations a
         WHERE (a.seq_id, a.pos) IN (SELECT (seq_id, pos) FROM occ)
         GROUP BY a.layer, a.neuron
+    ),
+    tops AS (
+        SELECT e.layer, e.neuron,
+               coalesce(sum(greatest(e.activation, 0))
+                        FILTER (WHERE t.token_id IN (SELECT token_id FROM related)), 0)
+                 / nullif(sum(greatest(e.activation, 0)), 0) AS related_share
+        FROM neuron_examples e
+        SEMI JOIN hits h ON h.layer = e.layer AND h.neuron = e.neuron
+        JOIN tokens t ON t.seq_id = e.seq_id AND t.pos = e.pos
+        WHERE e.kind = 'top'
+        GROUP BY e.layer, e.neuron
+    ),
+    scored AS (
+        SELECT h.*, h.fires_on_records / (SELECT count(*) FROM occ) AS token_recall,
+               coalesce(t.related_share, 0) AS related_share,
+               h.fires_on_records / (SELECT count(*) FROM occ) * coalesce(t.related_share, 0) AS selectivity
+        FROM hits h LEFT JOIN tops t ON t.layer = h.layer AND t.neuron = h.neuron
     )"""
 
 
 def token_selectivity(store: Store, token: str, n: int) -> pa.Table:
     """The `n` neurons most selective for a token (text compared stripped, case-insensitively):
-    (layer, neuron, selectivity, fires_on_records, fires_on_max, after_bos_frac), most selective
-    first; see `_SELECTIVITY_CTE` for the measure."""
+    (layer, neuron, selectivity, token_recall, related_share, fires_on_records, fires_on_max,
+    after_bos_frac), most selective first; see `_selectivity_ctes` for the measure."""
     return store.sql(
         f"""
-        WITH {_SELECTIVITY_CTE}
-        SELECT h.layer, h.neuron, h.selectivity, h.fires_on_records, h.fires_on_max, n.after_bos_frac
-        FROM hits h JOIN neurons n USING (layer, neuron)
+        WITH {_selectivity_ctes(store)}
+        SELECT h.layer, h.neuron, h.selectivity, h.token_recall, h.related_share, h.fires_on_records,
+               h.fires_on_max, n.after_bos_frac
+        FROM scored h JOIN neurons n USING (layer, neuron)
         ORDER BY h.selectivity DESC NULLS LAST, h.layer, h.neuron LIMIT ?
         """,
         [_norm(token), n],
     )
+
+
+def related_tokens(store: Store, token: str, n: int = 12) -> list[str]:
+    """The texts of a token's nearest corpus tokens that token search counts as related (see
+    `_selectivity_ctes`), nearest first, at most `n`; [] when the store has no token_neighbours."""
+    if not store.has("token_neighbours"):
+        return []
+    rows = store.sql(
+        f"""
+        SELECT neighbour, max(cosine) AS c FROM token_neighbours
+        WHERE token_id IN (SELECT DISTINCT token_id FROM tokens WHERE doc_id >= 0 AND lower(trim(token)) = ?)
+          AND cosine >= {RELATED_MIN_COSINE} AND lower(trim(neighbour)) <> ?
+        GROUP BY neighbour ORDER BY c DESC, neighbour LIMIT ?
+        """,
+        [_norm(token), _norm(token), n],
+    ).column("neighbour").to_pylist()
+    return rows
 
 
 def neuron(store: Store, layer: int, neuron: int) -> pa.Table:

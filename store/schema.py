@@ -398,6 +398,22 @@ NEURON_CIRCUITS = Table(
     family="circuits",
 )
 
+TOKEN_NEIGHBOURS = Table(
+    "token_neighbours",
+    "For every token the corpus holds (BOS excluded), its nearest tokens of the corpus by cosine "
+    "similarity of the model's token embeddings (W_E rows as the model holds them), 16 each. Token search "
+    "counts a neuron's top examples on these as related to the token searched for.",
+    (
+        _c("token_id", pa.int32(), "A token id the corpus holds."),
+        _c("token", pa.string(), "That token decoded on its own, as in tokens.token."),
+        _c("rank", pa.int16(), "0 is the nearest."),
+        _c("neighbour_id", pa.int32(), "Another token id the corpus holds."),
+        _c("neighbour", pa.string(), "That token decoded on its own."),
+        _c("cosine", pa.float32(), "Cosine similarity of the two tokens' embedding rows."),
+    ),
+    ("token_id", "rank"),
+)
+
 _DEPTH = _c("depth", pa.int16(),
             "Residual state index: 2*layer for block layer's input (resid_pre), 2*layer+1 after its attention "
             "(resid_mid), 2*n_layers for the last block's output (resid_post, what the final norm reads).")
@@ -518,7 +534,7 @@ NEURON_EXPLANATIONS = Table(
 
 TABLES: tuple[Table, ...] = (DOCUMENTS, TOKENS, NEURONS, NEURON_EXAMPLES, ACTIVATIONS, HEADS, HEAD_EXAMPLES,
                              HEAD_COMPOSITION, NEURON_CIRCUITS, LOGIT_LENS, LENS_POSITIONS, LAYER_STATS,
-                             NEURON_EXPLANATIONS)
+                             TOKEN_NEIGHBOURS, NEURON_EXPLANATIONS)
 
 # What fills each family of tables, for the notice a page shows when a store lacks one.
 FAMILIES = {

@@ -127,6 +127,33 @@ def test_moments_equal_direct_computation(built):
     np.testing.assert_allclose(cols["density_frac"], (v > 0).double().mean(1), rtol=1e-6)
 
 
+def test_token_neighbours_equal_brute_force_over_the_corpus_tokens(built):
+    """Every non-BOS token of the corpus, with its nearest other corpus tokens by cosine of W_E
+    rows, computed here one pair at a time in float64."""
+    name, p, store = built
+    model = load_model(name)
+    present = sorted(store.sql("SELECT DISTINCT token_id FROM tokens WHERE doc_id >= 0").column(0).to_pylist())
+    rows = store.sql("SELECT token_id, rank, neighbour_id, cosine, token, neighbour FROM token_neighbours "
+                     "ORDER BY token_id, rank").to_pydict()
+    assert sorted(set(rows["token_id"])) == present
+    W = model.bridge.W_E.detach().double()
+    unit = W[present] / W[present].norm(dim=1, keepdim=True)
+    sim = (unit @ unit.T).fill_diagonal_(float("-inf"))
+    k = min(32, len(present) - 1)
+    index = {t: i for i, t in enumerate(present)}
+    for row in range(0, len(present), max(1, len(present) // 53)):
+        start = row * k
+        got_ids = rows["neighbour_id"][start : start + k]
+        assert rows["token_id"][start : start + k] == [present[row]] * k
+        assert rows["rank"][start : start + k] == list(range(k))
+        want = sim[row].topk(k)
+        np.testing.assert_allclose(rows["cosine"][start : start + k], want.values.numpy(), atol=1e-5)
+        # equal cosines may come in either order: compare each listed neighbour's own cosine
+        np.testing.assert_allclose([float(sim[row, index[t]]) for t in got_ids], want.values.numpy(), atol=1e-5)
+    text = {t: model.tokenizer.decode([t]) for t in present[:50]}
+    assert all(rows["token"][i] == text[t] for i, t in enumerate(rows["token_id"]) if t in text)
+
+
 def test_band_samples_lie_in_their_bands_and_contexts_decode(built):
     _, p, store = built
     ranges = bin_ranges()

@@ -22,7 +22,7 @@ from test_dashboard import APP, html_of, links, open_page, pairs
 from test_stats import CONFIG, IMPLS, L, S, finalize, run
 
 from dashboard import nav, render
-from dashboard.synthetic import ARTEFACT_NEURON, UNSELECTIVE_NEURON, write_synthetic_store
+from dashboard.synthetic import ARTEFACT_NEURON, CITY_NEURON, UNSELECTIVE_NEURON, write_synthetic_store
 from pipeline.stats import evidence, native
 from pipeline.stats.keys import decode_top
 from store import histogram_bins, open_store, queries
@@ -293,6 +293,32 @@ def test_token_search_ranks_the_selective_neuron_first(app, synthetic):
     assert "most selective first" in at.caption[0].value
 
 
+def test_token_search_counts_tokens_near_it_in_the_embedding_as_related(app, synthetic, tmp_path):
+    """A neuron that fires on " London" and once on " Paris" has all of its top-example activation on
+    tokens related to " Paris" (by the store's token_neighbours); without that table only " Paris"
+    itself counts, and it drops below unrelated neurons."""
+    store = open_store(synthetic)
+    assert queries.related_tokens(store, "PARIS") == [" city", " France", " London"]
+    by_neuron = {(r["layer"], r["neuron"]): r for r in queries.token_selectivity(store, " Paris", 20).to_pylist()}
+    city = by_neuron[CITY_NEURON]
+    assert city["related_share"] == pytest.approx(1.0) and city["token_recall"] < 0.5
+    assert city["selectivity"] == pytest.approx(city["token_recall"])
+    assert all(r["selectivity"] < city["selectivity"] for k, r in by_neuron.items()
+               if k not in {(0, 2), UNSELECTIVE_NEURON, CITY_NEURON})
+    london = queries.token_selectivity(store, "london", 1).to_pylist()[0]
+    assert (london["layer"], london["neuron"]) == CITY_NEURON and london["selectivity"] == pytest.approx(1.0)
+
+    bare = open_store(write_synthetic_store(tmp_path / "bare", omit=("token_neighbours",)))
+    assert queries.related_tokens(bare, "Paris") == []
+    ranked = queries.token_selectivity(bare, " Paris", 20).to_pylist()
+    city_bare = next(r for r in ranked if (r["layer"], r["neuron"]) == CITY_NEURON)
+    assert city_bare["related_share"] < 0.3 and (ranked[0]["layer"], ranked[0]["neuron"]) == (0, 2)
+
+    at = open_page(app, nav.CATALOGUE, fires_on="Paris")
+    assert "related (nearest in the model's embedding): ·city, ·France, ·London" in at.caption[0].value
+    assert {"token_recall", "related_share"} <= set(at.dataframe[0].value.columns)
+
+
 def test_catalogue_search_and_layer_range_in_the_url(app):
     at = open_page(app, nav.CATALOGUE, search="paris")
     frame = at.dataframe[0].value
@@ -480,7 +506,9 @@ def test_readme_selectivity_example_finds_the_planted_neuron(synthetic):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     sql = re_.search(r"```sql\n(-- which neurons are selective for \" Paris\".*?)```", readme, re_.S).group(1)
     rows = run_user_query(open_store(synthetic), sql, max_rows=10, timeout_s=20).table.to_pylist()
-    assert (rows[0]["layer"], rows[0]["neuron"]) == (0, 2) and rows[0]["selectivity"] > 2
+    assert (rows[0]["layer"], rows[0]["neuron"]) == (0, 2) and rows[0]["selectivity"] == pytest.approx(1.0)
+    expected = queries.token_selectivity(open_store(synthetic), " Paris", 10).to_pylist()
+    assert [r["selectivity"] for r in rows] == pytest.approx([r["selectivity"] for r in expected])
     assert "layer::INTEGER * 10000" in readme
 
 

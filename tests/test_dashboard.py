@@ -111,7 +111,7 @@ def test_catalogue_score_ranges(app):  # applied in SQL, bound to the URL
     frame = at.dataframe[0].value
     assert len(frame) == 14 and (frame["kv_agreement_frac"] <= 0.99).all() and (1, 7) not in pairs(frame)
     at.select_slider(key="max").set_range(2.0, 5.0).run()
-    assert pairs(at.dataframe[0].value) == [(0, 2), (1, 1), (1, 3)]  # (1, 6), an artefact, is left out
+    assert pairs(at.dataframe[0].value) == [(0, 2), (0, 4), (1, 1), (1, 3)]  # (1, 6), an artefact, is left out
     at.slider(key="density_frac").set_range(0.99, 1.0).run()  # excludes everything
     assert not at.exception and "No neuron matches" in at.info[0].value and at.dataframe[0].value.empty
     at = open_page(AppTest.from_file(APP, default_timeout=60), nav.CATALOGUE, deletion_cos=["-1", "-0.85"])

@@ -68,7 +68,7 @@ _go(layer, neuron)  # re-send the URL: a page_link to this same page updates the
 st.set_page_config(page_title=f"L{layer}/N{neuron} · neuron · mechscope")
 st.title(f"Layer {layer}, neuron {neuron}")
 near = data.neighbours(path, layer, neuron)
-nav_cols = st.columns([1, 1, 2, 2])
+nav_cols = st.columns(4)  # equal quarters: "← previous (L29/N1535)" fits from a 1,100 px window
 for col, key, label in ((nav_cols[0], "prev", "← previous"), (nav_cols[1], "next", "next →")):
     if key in near:
         t_layer, t_neuron = near[key]

@@ -90,9 +90,10 @@ promotes = c2.text_input(
 )
 fires_on = c3.text_input(
     "fires on token", key="fires_on", bind="query-params", placeholder="e.g. the",
-    help="neurons with activation records on this token, most selective first: their mean activation over "
-    "every occurrence of the token (occurrences without a record counted at the neuron's mean), in standard "
-    "deviations above the neuron's mean; whitespace around the token and letter case are ignored",
+    help="neurons with activation records on this token, most selective first: selectivity = the share of the "
+    "token's occurrences among the neuron's strongest activations × the share of its top-example activation on the "
+    "token or a related token (its nearest tokens in the model's embedding, e.g. London for Paris); whitespace "
+    "around the token and letter case are ignored",
 )
 search = c4.text_input(
     "explanation contains", key="search", bind="query-params", placeholder="e.g. Paris",
@@ -116,6 +117,10 @@ if (promotes or "").strip():
     what.append(f"promoting “{text.md(promotes.strip())}”")
 if (fires_on or "").strip():
     what.append(f"firing on “{text.md(fires_on.strip())}”, most selective first")
+    related = data.related_tokens(path, fires_on)
+    if related:
+        labels = ", ".join(render.token_label(t) for t in related)
+        what.append("related (nearest in the model's embedding): " + text.md(labels))
 if (search or "").strip():
     what.append(f"explanation containing “{text.md(search.strip())}”")
 what.append({"text": "position artefacts left out", "all": "position artefacts included",
@@ -140,8 +145,14 @@ config = {
                                                    "(· = space)"),
     "explanation": st.column_config.TextColumn("explanation", width="large"),
     "selectivity": st.column_config.NumberColumn(
-        "selectivity", format="%.2f", help="mean activation over every occurrence of the token, in standard "
-        "deviations above the neuron's mean"),
+        "selectivity", format="%.2f", help="on token × related share, 0 to 1: 1 = fires on every occurrence of the "
+        "token and on nothing unrelated"),
+    "token_recall": st.column_config.NumberColumn(
+        "on token", format="%.2f", help="share of the token's occurrences among the neuron's strongest activations "
+        "(its activation records)"),
+    "related_share": st.column_config.NumberColumn(
+        "related share", format="%.2f", help="share of its top-example activation on the token or a related token "
+        "(nearest in the model's embedding)"),
     "deletion_cos": st.column_config.NumberColumn(
         "deletion cos", format="%.3f", help="input/output weight cosine; strongly negative = deletes what it reads"),
     "kv_agreement_frac": st.column_config.NumberColumn(
@@ -155,9 +166,10 @@ if frame.empty:
     st.dataframe(frame, hide_index=True, column_config=config, key="catalogue_empty")
     st.stop()
 
+# what it responds to first, then the numbers, the sentence last
 ORDER = ("open", "layer", "neuron", "artefact", "fires_on_tokens", "top_value_tokens", "selectivity",
-         "fires_on_records", "fires_on_max", "max", "after_bos_frac", "strong_frac", "density_frac", "deletion_cos",
-         "kv_agreement_frac", "explanation")  # what it responds to first, then the numbers, the sentence last
+         "token_recall", "related_share", "fires_on_records", "fires_on_max", "max", "after_bos_frac", "strong_frac",
+         "density_frac", "deletion_cos", "kv_agreement_frac", "explanation")
 event = st.dataframe(frame, hide_index=True, column_config=config, height=min(560, 38 + 35 * len(frame)),
                      column_order=[c for c in ORDER if c in frame.columns], key="catalogue",
                      on_select="rerun", selection_mode="single-row")

@@ -15,6 +15,7 @@ changed weight misses.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from store import schema
@@ -70,10 +71,11 @@ def _neuron_circuits(model, config) -> dict:
 _memo: dict[tuple, dict] = {}
 
 
-def run_analyses(model, config, progress: Callable[[str], None] = lambda name: None):
+def run_analyses(model, config, step: Callable[..., AbstractContextManager] | None = None):
     """Yield (analysis, its output) for every entry of ANALYSES; outputs for the weights seen last
     are remembered (the caller may add to or pop from the returned dict, never change the
-    columns inside: each call gets a shallow copy)."""
+    columns inside: each call gets a shallow copy). `step(name, note)`, if given, wraps each
+    analysis (`pipeline.progress.Steps`: a line and a timing)."""
     from pipeline.weights import weights_state
 
     fingerprint = weights_state(model)
@@ -81,10 +83,16 @@ def run_analyses(model, config, progress: Callable[[str], None] = lambda name: N
         _memo.clear()  # other weights: keep one model's outputs at most
     for analysis in ANALYSES:
         key = (analysis.name, fingerprint, repr(config))
-        if key not in _memo:
-            progress(analysis.name)
-            _memo[key] = analysis.run(model, config)
+        remembered = key in _memo
+        with (step or _no_step)(f"analysis: {analysis.name}", " (remembered from this model)" if remembered else ""):
+            if not remembered:
+                _memo[key] = analysis.run(model, config)
         yield analysis, dict(_memo[key])
+
+
+@contextmanager
+def _no_step(name: str, note: str = ""):
+    yield
 
 
 ANALYSES: tuple[Analysis, ...] = (

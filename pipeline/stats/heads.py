@@ -108,24 +108,34 @@ class HeadPatterns:
                         batch: TokenBatch) -> None:
         n_seqs, n_heads, seq_len, _ = pattern.shape
         device = pattern.device
+        pool = self.examples[layer]
         values = head_scores.strongest_values(pattern, masks)  # [batch head q]
         positions = batch.first_pos + torch.arange(n_seqs * seq_len, device=device).view(n_seqs, 1, seq_len)
         keys = encode_top(values, positions).masked_fill(~masks.valid[:, None, :], KEY_EMPTY)
         keys = keys.transpose(0, 1).reshape(n_heads, n_seqs * seq_len)
         keys, rows = keys.topk(min(self.top_k, n_seqs * seq_len), dim=1)  # [head kk]: this batch's top per head
+        h = torch.arange(n_heads, device=device)[:, None].expand_as(rows)
+        if device.type == "cpu":
+            # A host sync costs nothing here: offer only the rows that beat the head's kept k-th
+            # key (kept keys only grow, so a row below it never enters; exact), and most batches
+            # of a long build offer none, skipping the payload gathers and the pool's compaction.
+            wins = keys > pool.keys[:, -1:]
+            if not bool(wins.any()):
+                return
+            h, keys, rows = h[wins], keys[wins], rows[wins]
+        h, keys, rows = h.reshape(-1), keys.reshape(-1), rows.reshape(-1)
         # Gather the chosen rows' payload by flat index into the pattern.
         b, q = rows // seq_len, rows % seq_len
-        h = torch.arange(n_heads, device=device)[:, None].expand_as(rows)
         plane = (b * n_heads + h) * seq_len  # flat row index of (b, h, q=0)
         flat = pattern.reshape(-1)
         cols = torch.arange(seq_len, device=device)
-        row = flat.take(((plane + q) * seq_len)[..., None] + cols)  # [head kk pos]
+        row = flat.take(((plane + q) * seq_len)[:, None] + cols)  # [n pos]
         src = head_scores.strongest_key(row, masks.key_weights[b, 0, q] > 0)
         w = self.block
-        span = (q - w + 1).clamp(min=0, max=seq_len - w)[..., None] + cols[:w]  # [head kk w]
-        block = flat.take(((plane[..., None] + span) * seq_len)[..., :, None] + span[..., None, :])
-        payload = torch.cat([src.unsqueeze(-1).to(torch.float32), row, block.reshape(*rows.shape, w * w)], dim=-1)
-        self.examples[layer].offer(h.reshape(-1), keys.reshape(-1), payload.reshape(-1, payload.shape[-1]))
+        span = (q - w + 1).clamp(min=0, max=seq_len - w)[:, None] + cols[:w]  # [n w]
+        block = flat.take(((plane[:, None] + span) * seq_len)[:, :, None] + span[:, None, :])  # [n w w]
+        payload = torch.cat([src.unsqueeze(-1).to(torch.float32), row, block.reshape(-1, w * w)], dim=-1)
+        pool.offer(h, keys, payload)
 
     def merge(self, other: HeadPatterns) -> None:
         self.count += other.count.to(self.count.device)

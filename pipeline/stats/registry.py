@@ -12,6 +12,7 @@ from pipeline.stats.heads import HeadPatterns
 from pipeline.stats.histogram import Histogram
 from pipeline.stats.lens import LogitLens
 from pipeline.stats.moments import Moments
+from pipeline.stats.token_neighbours import TokenNeighbours
 from pipeline.stats.top import TopActivations
 
 # Per MLP neuron, read at every layer's mlp.hook_post.
@@ -27,4 +28,7 @@ HEAD_STATISTICS = (HeadPatterns.create,)
 # The logit lens and the residual stream, at sampled positions: residual states, hook_z.
 LENS_STATISTICS = (LogitLens.create,)
 
-STATISTICS = (*NEURON_STATISTICS, *HEAD_STATISTICS, *LENS_STATISTICS)
+# The corpus's token set and each token's nearest tokens in the embedding (for token search).
+CORPUS_STATISTICS = (TokenNeighbours.create,)
+
+STATISTICS = (*NEURON_STATISTICS, *HEAD_STATISTICS, *LENS_STATISTICS, *CORPUS_STATISTICS)
