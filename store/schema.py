@@ -401,7 +401,7 @@ NEURON_CIRCUITS = Table(
 TOKEN_NEIGHBOURS = Table(
     "token_neighbours",
     "For every token the corpus holds (BOS excluded), its nearest tokens of the corpus by cosine "
-    "similarity of the model's token embeddings (W_E rows as the model holds them), 16 each. Token search "
+    "similarity of the model's token embeddings (W_E rows as the model holds them), 32 each. Token search "
     "counts a neuron's top examples on these as related to the token searched for.",
     (
         _c("token_id", pa.int32(), "A token id the corpus holds."),

@@ -142,7 +142,7 @@ def test_neuron_deep_link_renders_everything(app):
     assert "activation in" in at.expander[1].label  # band samples grouped by octave
     assert any("Deletion score" in m.value for m in at.markdown)
     labels = [p.proto.label for p in at.get("page_link")]
-    assert labels[0].startswith("← previous (L0/N1)") and labels[1].startswith("next → (L0/N3)")
+    assert labels[0] == "← L0/N1" and labels[1] == "L0/N3 →"
     assert [lab.split(" ·")[0] for lab in labels if " · cos " in lab] == ["L0/N0", "L0/N1", "L0/N3"]  # neighbours
 
 
@@ -260,7 +260,7 @@ def test_head_deep_link_renders_everything(app):
     assert body.count("ms-dest") == 5 and body.count("ms-src") == 5  # five examples, destination and source marked
     assert "attention 0." in body and "destination · attention" in body  # hover values
     found = links(at)
-    assert found["← previous (L1/H1)"] == ("head", "layer=1&head=1") and found["next → (L1/H3)"][1] == "layer=1&head=3"
+    assert found["← L1/H1"] == ("head", "layer=1&head=1") and found["L1/H3 →"][1] == "layer=1&head=3"
     partner = next(label for label in found if "this head's" in label)  # upstream partners, strongest first
     assert partner == "L0/H1 → this head's K: 0.620 (baseline 0.120)" and found[partner] == ("head", "layer=0&head=1")
     assert any("none: no later layer" in c.value for c in at.caption)

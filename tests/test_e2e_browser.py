@@ -160,7 +160,7 @@ def test_neuron_deep_link_escapes_tokens(page, server):
     assert page.locator('img[src="x"]').count() == 0  # ...never as an element
     assert page.dialogs == []
     _shot(page, "neuron")
-    page.get_by_text("next → (L1/N4)").click()
+    page.get_by_role("link", name="L1/N4 →", exact=True).click()
     page.get_by_text("Layer 1, neuron 4").wait_for()
     page.wait_for_url("**/neuron?layer=1&neuron=4", timeout=5000)  # the URL follows: still shareable
 
@@ -267,7 +267,7 @@ def test_sql_console(page, server):
 def test_store_picker_keeps_the_store_in_every_url(page, multi_server):
     _open(page, f"{multi_server}/neuron?layer=1&neuron=5&store=b", "Layer 1, neuron 5")
     assert page.get_by_text("Deletion score -0.900").count() == 1
-    page.get_by_text("next → (L1/N6)").click()
+    page.get_by_role("link", name="L1/N6 →", exact=True).click()
     page.wait_for_url("**/neuron?layer=1&neuron=6&store=b")
     page.get_by_role("link", name="back to the catalogue").click()
     page.wait_for_url("**/neurons?store=b")

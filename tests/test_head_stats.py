@@ -341,6 +341,16 @@ def test_two_halves_merged_equal_one_pass(tiny, captured):
     assert_same(one, reversed_.finalize(), rtol=1e-12)
 
 
+def test_offering_every_candidate_gives_the_same_tables(tiny, captured):
+    """The CPU's filter (only candidates that beat the kept lists) against what other devices do
+    (every batch's top rows per head offered, no host sync): the same tables, bit for bit."""
+    filtered = fresh(tiny)
+    assert filtered.prefilter
+    unfiltered = fresh(tiny)
+    unfiltered.prefilter = False
+    assert_same(feed(filtered, captured).finalize(), feed(unfiltered, captured).finalize())
+
+
 def test_smaller_batches_give_the_same_tables(tiny, captured):
     """Batching changes float32 sums in the last bits only; top examples are exactly the same."""
     one = feed(fresh(tiny), captured).finalize()

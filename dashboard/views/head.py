@@ -74,11 +74,12 @@ layer, head, row = subject
 _go(layer, head)  # re-send the URL: a page_link to this same page updates the view, not the address bar
 st.title(f"Layer {layer}, head {head}")
 near = data.head_neighbours(path, layer, head)
-nav_cols = st.columns([1, 1, 1, 1, 2])
-for col, key, label in ((nav_cols[0], "prev", "← previous"), (nav_cols[1], "next", "next →")):
+nav_cols = st.columns([2, 2, 3, 3, 3])  # short labels: none is cut from a 1,000 px window (Chromium)
+for col, key, fmt, what in ((nav_cols[0], "prev", "← {}", "the previous head"),
+                            (nav_cols[1], "next", "{} →", "the next head")):
     if key in near:
         t_layer, t_head = near[key]
-        col.page_link(nav.HEAD, label=f"{label} ({render.head_label(t_layer, t_head)})",
+        col.page_link(nav.HEAD, label=fmt.format(render.head_label(t_layer, t_head)), help=what,
                       query_params=render.head_query(t_layer, t_head))
 nav_cols[2].page_link(nav.HEADS, label="head catalogue")
 nav_cols[3].page_link(nav.CIRCUITS, label="circuits graph")

@@ -68,11 +68,12 @@ _go(layer, neuron)  # re-send the URL: a page_link to this same page updates the
 st.set_page_config(page_title=f"L{layer}/N{neuron} · neuron · mechscope")
 st.title(f"Layer {layer}, neuron {neuron}")
 near = data.neighbours(path, layer, neuron)
-nav_cols = st.columns(4)  # equal quarters: "← previous (L29/N1535)" fits from a 1,100 px window
-for col, key, label in ((nav_cols[0], "prev", "← previous"), (nav_cols[1], "next", "next →")):
+nav_cols = st.columns([2, 2, 3, 2])  # short labels: none is cut from a 1,000 px window (Chromium)
+for col, key, fmt, what in ((nav_cols[0], "prev", "← L{}/N{}", "the previous neuron"),
+                            (nav_cols[1], "next", "L{}/N{} →", "the next neuron")):
     if key in near:
         t_layer, t_neuron = near[key]
-        col.page_link(nav.NEURON, label=f"{label} (L{t_layer}/N{t_neuron})",
+        col.page_link(nav.NEURON, label=fmt.format(t_layer, t_neuron), help=what,
                       query_params=render.neuron_query(t_layer, t_neuron))
 nav_cols[2].page_link(nav.CATALOGUE, label="back to the catalogue")
 nav_cols[3].page_link(nav.LIVE, label="try it live ↗", query_params={"neuron": f"{layer}.{neuron}"},

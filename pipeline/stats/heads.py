@@ -37,12 +37,14 @@ float32, not the float16 of neuron contexts: it is small (layers x heads x k row
 x neurons: 6 MB for GPT-2 small at k = 20) and float32 is exactly what the model gave, so
 pattern[src_pos] equals `attention` in the store.
 
-Cost (gpt2-random, batch 8 x 128, fp32, 2 threads): ~8 ms per layer against ~185 ms for the
-layer's forward pass (~4%). Each layer packs the lower triangle of its pattern once and takes
-two small matmuls and `entr` of it, one gather of 16 diagonals and one masked max; the token
-masks are built once per batch (~1.3 ms) and shared by the layers. No host sync in the
-statistic itself; `TopPool.compact` reads one count back (`int(counts.max())`) per compaction,
-which with full per-head offers is once per batch and layer. Maths is in `head_scores.py`; the
+Cost (gpt2-random, batch 8 x 128, fp32, 2 threads): 3.6-4.1 ms per layer inside the forward,
+7% of the neuron-only harvest (`bench/harvest.py`). Each layer packs the lower triangle of its
+pattern once and takes two small matmuls and p log p of it, one gather of 16 diagonals and one
+masked max; the token masks are built once per batch (~0.9 ms) and shared by the layers. On the
+CPU a batch's candidate examples are offered only when they beat the head's kept k-th key (a
+host sync, free there), so most batches skip the payload gathers and the list merge; on other
+devices every candidate is offered, with no host sync in the statistic itself, and
+`TopPool.compact` reads one count back (`int(counts.max())`) per compaction. Maths is in `head_scores.py`; the
 repeated random tokens scores (rand_* columns) are a function of the model alone,
 `pipeline/analysis/induction_probe.py`; the weight-based head columns are elsewhere too.
 """
@@ -82,6 +84,8 @@ class HeadPatterns:
         self.sums = torch.zeros((n_layers, n_heads, head_scores.N_SUMS), dtype=torch.float64, device=device)
         width = 1 + seq_len + self.block * self.block  # src_pos, attention row, block
         self.examples = [TopPool(n_heads, top_k, width, device, torch.float32) for _ in range(n_layers)]
+        # offer only candidates that beat the kept lists: needs a host sync, so on the CPU only
+        self.prefilter = torch.device(device).type == "cpu"
         self._masks: tuple[weakref.ref, head_scores.BatchMasks] | None = None
 
     def hook_points(self) -> tuple[hooks.HookPoint, ...]:
@@ -115,10 +119,10 @@ class HeadPatterns:
         keys = keys.transpose(0, 1).reshape(n_heads, n_seqs * seq_len)
         keys, rows = keys.topk(min(self.top_k, n_seqs * seq_len), dim=1)  # [head kk]: this batch's top per head
         h = torch.arange(n_heads, device=device)[:, None].expand_as(rows)
-        if device.type == "cpu":
-            # A host sync costs nothing here: offer only the rows that beat the head's kept k-th
-            # key (kept keys only grow, so a row below it never enters; exact), and most batches
-            # of a long build offer none, skipping the payload gathers and the pool's compaction.
+        if self.prefilter:
+            # A host sync costs nothing on the CPU: offer only the rows that beat the head's kept
+            # k-th key (kept keys only grow, so a row below it never enters; exact), and most
+            # batches of a long build offer none, skipping the payload gathers and the compaction.
             wins = keys > pool.keys[:, -1:]
             if not bool(wins.any()):
                 return
