@@ -62,3 +62,25 @@ def test_unknown_page_path_says_so(page, server):  # noqa: F811
     _open(page, f"{server}/neuronz?layer=1", "Page not found")
     assert page.get_by_text("does not seem to exist", exact=False).count() == 1
     _shot(page, "unknown_page")
+
+
+NAV_LINKS_JS = """() => [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stPageLink"] *')]
+  .filter(e => e.children.length === 0 && /^(← |.* →$|back to the catalogue$|head catalogue$|circuits graph$|try it)/
+                                         .test(e.innerText.trim()))
+  .map(e => [e.innerText.trim(), e.scrollWidth, e.clientWidth])"""
+
+
+@pytest.mark.parametrize("url, title", [("neuron?layer=1&neuron=4", "Layer 1, neuron 4"),
+                                        ("head?layer=1&head=2", "Layer 1, head 2")])
+def test_previous_and_next_links_are_whole_in_a_narrow_window(page, server, url, title):  # noqa: F811
+    """The links above a neuron or head page, in a 1,050 px window: none is cut (the old labels,
+    "← previous (L0/N1)" in a sixth of the row, were cut below ~1,400 px on the demo store)."""
+    page.set_viewport_size({"width": 1050, "height": 900})
+    try:
+        _open(page, f"{server}/{url}", title)
+        links = page.evaluate(NAV_LINKS_JS)
+        assert len(links) >= 4 and any(text.startswith("← ") for text, _, _ in links), links
+        assert [text for text, scroll, client in links if scroll > client] == [], links
+        _shot(page, f"nav_1050_{url.split('?')[0]}")
+    finally:
+        page.set_viewport_size({"width": 1440, "height": 1800})
