@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline import corpus as corpora
 from pipeline.models import cache_dir
 from pipeline.windows import document_groups, encode_texts
-
-CACHE_ENV = "MECHSCOPE_CACHE"  # read by pipeline.models.cache_dir
 
 
 @dataclass(frozen=True)
@@ -43,11 +41,18 @@ class Resume:
 class CorpusIndex:
     counts: np.ndarray  # int64 [documents]: tokens of each document of `iter_documents`, in order
     complete: bool = True  # False: the first documents only (enough for a build capped by --max-tokens)
+    _ends: dict = field(default_factory=dict, compare=False, repr=False)  # seq_len -> ends(seq_len)
 
     def ends(self, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """(begin, end) stream positions of every document: `begin` is where the packer stood
         before it (its separator, if any, comes next), `end` one past its last token. A
-        document without tokens takes no positions."""
+        document without tokens takes no positions. Computed once per seq_len (a loop over
+        the documents: whether a separator is needed depends on where the last one ended)."""
+        if seq_len not in self._ends:
+            self._ends[seq_len] = self._positions(seq_len)
+        return self._ends[seq_len]
+
+    def _positions(self, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         chunk = seq_len - 1
         begins = np.empty(len(self.counts), dtype=np.int64)
         ends = np.empty(len(self.counts), dtype=np.int64)

@@ -82,9 +82,13 @@ class LoadedModel:
                 "versions": {pkg: importlib.metadata.version(pkg) for pkg in VERSIONED}}
 
 
+CACHE_ENV = "MECHSCOPE_CACHE"
+
+
 def cache_dir() -> Path:
-    """Where dequantized models and built tokenizers are kept: $MECHSCOPE_CACHE or ~/.cache/mechscope."""
-    return Path(os.environ.get("MECHSCOPE_CACHE") or Path.home() / ".cache" / "mechscope")
+    """Where dequantized models, built tokenizers, compiled kernels and corpus indexes are kept:
+    $MECHSCOPE_CACHE or ~/.cache/mechscope."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mechscope")
 
 
 def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:

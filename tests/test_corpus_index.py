@@ -17,6 +17,7 @@ from pipeline import corpus_index
 from pipeline import windows as win
 from pipeline.corpus import Document, iter_documents
 from pipeline.corpus_index import CorpusIndex, count_tokens
+from pipeline.models import CACHE_ENV
 
 SEQ_LEN = 8  # chunks of 7 tokens
 
@@ -91,7 +92,7 @@ def test_shards_tokenize_the_corpus_about_once(gpt2_tokenizer, monkeypatch, tmp_
 
 
 def test_the_index_is_cached_by_corpus_content(gpt2_tokenizer, tmp_path, monkeypatch):
-    monkeypatch.setenv(corpus_index.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "one two three"}\n{"text": " four five"}\n')
 
@@ -106,7 +107,7 @@ def test_the_index_is_cached_by_corpus_content(gpt2_tokenizer, tmp_path, monkeyp
 
 
 def test_a_capped_build_counts_only_what_it_needs(gpt2_tokenizer, tmp_path, monkeypatch):
-    monkeypatch.setenv(corpus_index.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(win, "GROUP_DOCS", 4)
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("\n".join(json.dumps({"text": " a" * 10}) for _ in range(40)))
