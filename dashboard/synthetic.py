@@ -86,7 +86,8 @@ def _activations(rng: np.random.Generator, ids: np.ndarray) -> np.ndarray:
     acts[layer, neuron, 3, 7] = 4.998  # one " Paris" (planted in _corpus)
     layer, neuron = CITY_NEURON
     london = ids == VOCAB.index(" London")
-    acts[layer, neuron][london] = 3.0 + 0.2 * np.random.default_rng(11).random(int(london.sum()))  # rng kept as it was
+    jitter = np.random.default_rng(11).random(int(london.sum()))  # its own generator: `rng`'s draws stay as they were
+    acts[layer, neuron][london] = 3.0 + 0.2 * jitter
     acts[layer, neuron, 5, 2] = 3.1  # one " Paris" (planted in _corpus)
     acts[:, :, :, 0] = np.nan  # BOS positions carry no statistic
     return acts
