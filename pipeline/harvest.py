@@ -80,7 +80,7 @@ class Harvest:
         """Run one batch of windows ([batch pos] token ids, BOS mask) through the model."""
         device = self.model.device
         tokens = torch.from_numpy(np.ascontiguousarray(token_ids)).to(device=device, dtype=torch.long)
-        bos = torch.from_numpy(np.ascontiguousarray(is_bos)).to(device)
+        bos = torch.from_numpy(np.ascontiguousarray(is_bos))  # on the host: TokenBatch moves it
         self._batch = TokenBatch.build(first_seq, bos, self.config.hist_sample_shift, token_ids=tokens)
         try:
             run_through(self.model, tokens, self.fwd_hooks(), self.points[-1] if self.points else None)

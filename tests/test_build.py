@@ -31,6 +31,7 @@ from pipeline.models import load_model as _load_model
 from pipeline.shards import load_shard, merge_shards, run_shard, save_shard, shard_bounds
 from pipeline.stats import StatsConfig, native
 from pipeline.stats.bins import ZERO_BIN, bin_ranges
+from pipeline.stats.sync import SYNC_FREE_ENV
 from pipeline.windows import iter_windows
 from store import StoreWriter, open_store
 
@@ -223,14 +224,19 @@ def test_three_shards_merged_equal_one_pass(built, tmp_path):
     assert merged.manifest["build"]["shards"] == 3
 
 
-def test_torch_accumulators_equal_the_native_kernels(built, tmp_path):
+@pytest.mark.parametrize("sync_free", [False, True], ids=["sparse", "sync-free"])
+def test_torch_accumulators_equal_the_native_kernels(built, tmp_path, monkeypatch, sync_free):
     """A CPU build uses the native kernels where it can; the torch accumulators (every other
-    device, or no C compiler) must write the same store."""
+    device, or no C compiler) must write the same store: both their CPU paths (filter, then offer
+    the survivors) and the fixed-size paths a GPU takes (no host sync, `pipeline/stats/sync.py`)."""
     name, p, store = built
-    if native.library() is None:
+    if native.library() is None and not sync_free:
         pytest.skip("no C compiler: the built store already came from the torch accumulators")
+    if sync_free:
+        monkeypatch.setenv(SYNC_FREE_ENV, "1")
     model = load_model(name)
     harvest = Harvest(model, p.stats, use_native=False)
+    assert all(getattr(s, "dense", True) and not getattr(s, "prefilter", False) for s in harvest.stats) == sync_free
     for _ in harvest_windows(harvest, p):
         pass
     n_windows = p.max_tokens // p.stats.seq_len

@@ -16,6 +16,7 @@ from pipeline.stats.bins import N_BINS, ZERO_BIN, bin_index, bin_ranges
 from pipeline.stats.contract import StatContext
 from pipeline.stats.deferred import DEFERRED
 from pipeline.stats.keys import decode_top, encode_sample, encode_top, position_hash
+from pipeline.stats.sync import SYNC_FREE_ENV
 
 L, N, S = 2, 6, 16
 CONFIG = StatsConfig(seq_len=S, top_k=3, records=7, context_before=4, context_after=2, hist_sample_shift=1)
@@ -34,13 +35,18 @@ def make_stream(n_seqs: int = 24, seed: int = 0):
     return acts, is_bos
 
 
-# Every test that takes `use_native` runs twice: the torch accumulators and the native kernels.
+# Every test that takes `use_native` runs three times: the torch accumulators (their CPU paths),
+# the native kernels, and the torch accumulators' fixed-size paths that a GPU takes (no host sync).
 IMPLS = [pytest.param(False, id="torch"),
          pytest.param(True, id="native", marks=pytest.mark.skipif(native.library() is None, reason="no C compiler"))]
+SYNC_FREE = pytest.param("sync-free", id="sync-free")
 
 
-@pytest.fixture(params=IMPLS)
-def use_native(request):
+@pytest.fixture(params=[*IMPLS, SYNC_FREE])
+def use_native(request, monkeypatch):
+    if request.param == "sync-free":
+        monkeypatch.setenv(SYNC_FREE_ENV, "1")
+        return False
     return request.param
 
 

@@ -31,42 +31,54 @@ class TokenBatch:
     sample_rows: torch.Tensor  # [sampled] int64: indices into the valid rows used by histograms
     sample_keys: torch.Tensor  # [sampled] int64: min-hash keys of those rows' positions
     token_ids: torch.Tensor | None = None  # [batch pos] int64 on the model's device
+    host_bos: torch.Tensor | None = None  # [batch pos] bool on the CPU: row sets are computed from it
 
     @staticmethod
     def build(first_seq: int, is_bos: torch.Tensor, sample_shift: int = 0,
               token_ids: torch.Tensor | None = None) -> TokenBatch:
         """`is_bos [batch pos]` bool; histograms see positions whose hash has its low
         `sample_shift` bits zero (1 / 2^sample_shift of them), chosen by position so that the
-        sample does not depend on batching."""
+        sample does not depend on batching. The row sets are computed on the host (from
+        `is_bos`, wherever it is; the harvest passes it on the CPU) and then moved to the model's
+        device (`token_ids`'s, else `is_bos`'s): a GPU is never asked how many rows there are."""
         n_seqs, seq_len = is_bos.shape
-        valid_rows = (~is_bos).reshape(-1).nonzero().squeeze(1)
+        device = token_ids.device if token_ids is not None else is_bos.device
+        host = is_bos.cpu()
+        valid_rows = (~host).reshape(-1).nonzero().squeeze(1)
         positions = valid_rows + first_seq * seq_len
         if sample_shift:
             keep = (position_hash(positions) & ((1 << sample_shift) - 1)) == 0
             sample_rows = keep.nonzero().squeeze(1)
         else:
-            sample_rows = torch.arange(positions.numel(), device=positions.device)
+            sample_rows = torch.arange(positions.numel())
+        sample_keys = encode_sample(positions[sample_rows])
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
         return TokenBatch(
             first_seq=first_seq,
             n_seqs=n_seqs,
             seq_len=seq_len,
-            is_bos=is_bos,
-            skip=is_bos.reshape(-1).to(torch.uint8).contiguous(),
-            valid_rows=valid_rows,
-            positions=positions,
-            sample_rows=sample_rows,
-            sample_keys=encode_sample(positions[sample_rows]),
+            is_bos=move(is_bos),
+            skip=move(host.reshape(-1).to(torch.uint8).contiguous()),
+            valid_rows=move(valid_rows),
+            positions=move(positions),
+            sample_rows=move(sample_rows),
+            sample_keys=move(sample_keys),
             token_ids=token_ids,
+            host_bos=host,
         )
+
+    @property
+    def n_valid(self) -> int:
+        return self.valid_rows.numel()  # a shape: no sync
 
     @property
     def first_pos(self) -> int:
         """Global position of the batch's first row (row r is position first_pos + r)."""
         return self.first_seq * self.seq_len
 
-    @property
-    def n_valid(self) -> int:
-        return self.valid_rows.numel()
 
 
 @dataclass

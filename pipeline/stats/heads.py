@@ -43,8 +43,8 @@ pattern once and takes two small matmuls and p log p of it, one gather of 16 dia
 masked max; the token masks are built once per batch (~0.9 ms) and shared by the layers. On the
 CPU a batch's candidate examples are offered only when they beat the head's kept k-th key (a
 host sync, free there), so most batches skip the payload gathers and the list merge; on other
-devices every candidate is offered, with no host sync in the statistic itself, and
-`TopPool.compact` reads one count back (`int(counts.max())`) per compaction. Maths is in `head_scores.py`; the
+devices every head offers its batch's top k rows, merged with one `topk` and no host sync
+(`TopPool.merge_dense`, see `sync.py`). Maths is in `head_scores.py`; the
 repeated random tokens scores (rand_* columns) are a function of the model alone,
 `pipeline/analysis/induction_probe.py`; the weight-based head columns are elsewhere too.
 """
@@ -63,6 +63,7 @@ from pipeline.stats.contract import StatContext
 from pipeline.stats.deferred import TokenWindows
 from pipeline.stats.keys import KEY_EMPTY, decode_top, encode_top
 from pipeline.stats.pool import TopPool
+from pipeline.stats.sync import sync_free
 from store import schema
 
 BLOCK = 20  # the block is w x w with w = min(BLOCK, seq_len)
@@ -85,7 +86,7 @@ class HeadPatterns:
         width = 1 + seq_len + self.block * self.block  # src_pos, attention row, block
         self.examples = [TopPool(n_heads, top_k, width, device, torch.float32) for _ in range(n_layers)]
         # offer only candidates that beat the kept lists: needs a host sync, so on the CPU only
-        self.prefilter = torch.device(device).type == "cpu"
+        self.prefilter = not sync_free(device)
         self._masks: tuple[weakref.ref, head_scores.BatchMasks] | None = None
 
     def hook_points(self) -> tuple[hooks.HookPoint, ...]:
@@ -139,7 +140,10 @@ class HeadPatterns:
         span = (q - w + 1).clamp(min=0, max=seq_len - w)[:, None] + cols[:w]  # [n w]
         block = flat.take(((plane[:, None] + span) * seq_len)[:, :, None] + span[:, None, :])  # [n w w]
         payload = torch.cat([src.unsqueeze(-1).to(torch.float32), row, block.reshape(-1, w * w)], dim=-1)
-        pool.offer(h, keys, payload)
+        if self.prefilter:
+            pool.offer(h, keys, payload)
+        else:  # every head offered the same number of rows: one topk, no host sync
+            pool.merge_dense(keys.view(n_heads, -1), payload.view(n_heads, -1, payload.shape[-1]))
 
     def merge(self, other: HeadPatterns) -> None:
         self.count += other.count.to(self.count.device)

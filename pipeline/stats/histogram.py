@@ -23,6 +23,7 @@ from pipeline.stats.context import ContextWindow
 from pipeline.stats.contract import StatContext
 from pipeline.stats.deferred import TokenWindows
 from pipeline.stats.keys import KEY_FULL, decode_sample
+from pipeline.stats.sync import sync_free
 from store import schema
 
 
@@ -41,6 +42,7 @@ class Histogram:
                  device: str | torch.device = "cpu", use_native: bool | None = None):
         self.d_mlp, self.seq_len, self.window = d_mlp, seq_len, window
         self.native = native.enabled(device) if use_native is None else use_native
+        self.dense = not self.native and sync_free(device)  # band samples updated with `where`: see sync.py
         self._won = native.scratch(d_mlp, N_BINS) if self.native else None
         width = window.width(seq_len)
         slots = d_mlp * N_BINS
@@ -60,17 +62,33 @@ class Histogram:
         flat = la.flat
         x = flat if rows.numel() == flat.shape[0] else flat.index_select(0, rows)
         slot = (bin_index(x) + self._offsets).reshape(-1).long()  # [rows * d_mlp] neuron * N_BINS + bin
-        self.counts[layer] += torch.bincount(slot, minlength=self.counts.shape[1])
+        # scatter_add, not bincount: bincount sizes its output from the data (a host sync on a GPU)
+        self.counts[layer].scatter_add_(0, slot, torch.ones_like(slot))
 
         # Smallest hash key per slot in this batch, then keep the slots where it beats the past.
         keys = batch.sample_keys.unsqueeze(1).expand(-1, self.d_mlp).reshape(-1)
         best = torch.full_like(self.sample_keys[layer], KEY_FULL)
         best.scatter_reduce_(0, slot, keys, "amin")
+        if self.dense:
+            return self._take_samples_dense(la, best)
         won = (best < self.sample_keys[layer]).nonzero().squeeze(1)
         if won.numel() == 0:
             return
         self.sample_keys[layer, won] = best[won]
         self._take_samples(la, won)
+
+    def _take_samples_dense(self, la: LayerActs, best: torch.Tensor) -> None:
+        """`_take_samples` for every slot at once, kept where this batch's key wins: no host sync,
+        at the price of a context window gathered per (neuron, bin) slot."""
+        layer, batch = la.layer, la.batch
+        won = best < self.sample_keys[layer]
+        self.sample_keys[layer] = torch.where(won, best, self.sample_keys[layer])
+        rows = (decode_sample(best) - batch.first_pos).masked_fill(~won, 0)  # a valid row where nothing won
+        neuron = torch.arange(won.numel(), device=won.device) // N_BINS
+        values = la.rows[rows, neuron]
+        ctx = self.window.gather(la.acts, rows, neuron, batch.is_bos).to(torch.float16)
+        self.sample_values[layer] = torch.where(won, values, self.sample_values[layer])
+        self.sample_ctx[layer] = torch.where(won.unsqueeze(-1), ctx, self.sample_ctx[layer])
 
     def _update_native(self, la: LayerActs) -> None:
         layer, batch = la.layer, la.batch

@@ -41,12 +41,10 @@ def decode_top(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of `encode_top`: (values float32, positions int64). Empty keys give (-inf, -1)."""
     mono = (keys >> 32).to(torch.int32)
     bits = torch.where(mono < 0, mono ^ _SIGN_FLIP, mono)
-    values = bits.view(torch.float32).clone()
+    values = bits.view(torch.float32)
     positions = MAX_POS - (keys & _LOW32)
-    empty = keys == KEY_EMPTY
-    values[empty] = float("-inf")
-    positions[empty] = -1
-    return values, positions
+    empty = keys == KEY_EMPTY  # `where`, not a boolean index: no host sync on a GPU
+    return values.masked_fill(empty, float("-inf")), positions.masked_fill(empty, -1)
 
 
 def value_threshold(keys: torch.Tensor) -> torch.Tensor:

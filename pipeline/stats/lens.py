@@ -49,14 +49,16 @@ FIELDS = ("top_ids", "top_probs", "kl", "entropy", "agrees", "true_prob", "true_
 
 
 def sampled_rows(batch: TokenBatch, shift: int) -> torch.Tensor:
-    """Flat row indices (b * seq_len + pos) of the batch's sampled non-BOS positions, ascending."""
-    n = batch.n_seqs * batch.seq_len
-    flat = torch.arange(n, device=batch.is_bos.device)
-    keep = ~batch.is_bos.reshape(-1)
+    """Flat row indices (b * seq_len + pos) of the batch's sampled non-BOS positions, ascending;
+    chosen on the host (`TokenBatch.host_bos`) and moved to the batch's device, so that a GPU is
+    never asked how many there are."""
+    host = batch.host_bos if batch.host_bos is not None else batch.is_bos.cpu()
+    flat = torch.arange(batch.n_seqs * batch.seq_len)
+    keep = ~host.reshape(-1)
     if shift:
         spans = (flat + batch.first_seq * batch.seq_len) // SPAN
         keep &= (position_hash(spans) & ((1 << shift) - 1)) == 0
-    return flat[keep]
+    return flat[keep].to(batch.is_bos.device, non_blocking=True)
 
 
 class LogitLens:

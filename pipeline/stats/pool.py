@@ -79,6 +79,19 @@ class TopPool:
             )
         self.threshold = value_threshold(self.keys[:, -1])
 
+    def merge_dense(self, keys: torch.Tensor, payload: torch.Tensor | None = None) -> None:
+        """Fold one batch's candidates, a fixed number per neuron, into the kept lists at once:
+        keys [n_neurons, w] (KEY_EMPTY where none), payload [n_neurons, w, payload_width]. One
+        `topk` over the kept and the new keys, no host sync (see `sync.py`); exact, as
+        `compact` (real keys are unique)."""
+        self.compact()  # sparse offers parked before, if any
+        self.keys, pick = torch.cat([self.keys, keys], dim=1).topk(self.capacity, dim=1)
+        if self.payload is not None:
+            assert payload is not None and payload.shape == (*keys.shape, self.payload_width)
+            both = torch.cat([self.payload, payload.to(self.payload.dtype)], dim=1)
+            self.payload = both.gather(1, pick.unsqueeze(-1).expand(-1, -1, self.payload_width))
+        self.threshold = value_threshold(self.keys[:, -1])
+
     def merge(self, other) -> None:
         """Fold another top list (another shard's; a `TopPool` or a `heap.HeapTop`) into this one."""
         state = other.state_dict()

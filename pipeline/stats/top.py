@@ -30,6 +30,7 @@ from pipeline.stats.deferred import TokenIdsAt, TokenWindows
 from pipeline.stats.heap import HeapTop
 from pipeline.stats.keys import KEY_EMPTY, decode_top, encode_top
 from pipeline.stats.pool import TopPool
+from pipeline.stats.sync import sync_free
 from store import schema
 
 
@@ -51,6 +52,7 @@ class TopActivations:
             raise ValueError("records per neuron must be at least top_k")
         self.top_k, self.n_records, self.seq_len, self.window = top_k, records, seq_len, window
         self.native = native.enabled(device) if use_native is None else use_native
+        self.dense = not self.native and sync_free(device)  # fixed-size offers: see sync.py
         width = window.width(seq_len)
         kind = HeapTop if self.native else TopPool
         self.examples = [kind(d_mlp, top_k, width, device) for _ in range(n_layers)]
@@ -61,6 +63,8 @@ class TopActivations:
     def update(self, x: LayerActs) -> None:
         if self.native:
             return self._update_native(x)
+        if self.dense:
+            return self._update_dense(x)
         layer, acts, flat, batch = x.layer, x.acts, x.flat, x.batch
         records, examples = self.records[layer], self.examples[layer]
         # Records: only activations above the current R-th best can enter.
@@ -86,6 +90,29 @@ class TopActivations:
         keys = encode_top(best[seqs, neurons], flat_rows + batch.first_pos)
         ctx = self.window.gather(acts, flat_rows, neurons, batch.is_bos)
         examples.offer(neurons, keys, ctx)
+
+    def _update_dense(self, x: LayerActs) -> None:
+        """The same lists without a host sync: per neuron, this batch's R strongest rows and its k
+        strongest windows (keys, so ties order as everywhere), merged into the kept lists with one
+        `topk` each. Exact: an entry of the final top R (k) is in its own batch's top R (k)."""
+        layer, acts, batch = x.layer, x.acts, x.batch
+        n_seqs, seq_len, d_mlp = acts.shape
+        rows = x.rows  # [batch * pos, d_mlp]
+        positions = batch.first_pos + torch.arange(rows.shape[0], device=rows.device)
+        bos = batch.is_bos.reshape(-1, 1)
+        keys = encode_top(rows, positions[:, None]).masked_fill(bos, KEY_EMPTY)  # [rows d_mlp]
+        records = keys.topk(min(self.n_records, rows.shape[0]), dim=0).values  # [r d_mlp]
+        self.records[layer].merge_dense(records.T)
+        # Examples: each window's strongest non-BOS position (the first of equal values), then
+        # this batch's k strongest windows per neuron.
+        best, at = acts.masked_fill(batch.is_bos.unsqueeze(-1), float("-inf")).max(dim=1)  # [window d_mlp]
+        flat_rows = torch.arange(n_seqs, device=acts.device)[:, None] * seq_len + at
+        window_keys = encode_top(best, flat_rows + batch.first_pos).masked_fill(best == float("-inf"), KEY_EMPTY)
+        top, seqs = window_keys.topk(min(self.top_k, n_seqs), dim=0)  # [kk d_mlp]
+        chosen = flat_rows.gather(0, seqs)  # [kk d_mlp]
+        neurons = torch.arange(d_mlp, device=acts.device).expand_as(chosen)
+        ctx = self.window.gather(acts, chosen.reshape(-1), neurons.reshape(-1), batch.is_bos)  # [kk * d_mlp, w]
+        self.examples[layer].merge_dense(top.T, ctx.view(*chosen.shape, -1).transpose(0, 1))
 
     def _update_native(self, x: LayerActs) -> None:
         examples, batch = self.examples[x.layer], x.batch
