@@ -1,6 +1,6 @@
 """Harvest throughput and memory, against a bare forward and a naive baseline.
 
-    python bench/harvest.py [--model gpt2-random] [--batches 6] [--batch-size 8] [--dtype float32]
+    python bench/harvest.py [--model gpt2-random] [--batches 6] [--batch-size 8] [--dtype float32] [--device cuda]
 
 Runs, interleaved in one process (in a fresh random order for each batch) so that machine noise
 hits every variant alike:
@@ -78,7 +78,7 @@ class Naive:
 
 
 def throughput(args) -> dict:
-    model = load_model(args.model, dtype=getattr(torch, args.dtype))
+    model = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     config = StatsConfig(seq_len=args.seq_len, hist_sample_shift=args.hist_shift)
     batches = _batches(model, args.warmup + args.batches, args.batch_size, args.seq_len)
     hf = model.bridge.original_model
@@ -90,7 +90,7 @@ def throughput(args) -> dict:
     harvest_torch = Harvest(model, config, use_native=False, statistics=registry.NEURON_STATISTICS)
     naive = Naive(model, config.top_k)
     last_mlp = hooks.point("mlp_post", model.n_layers - 1)
-    tok = lambda b: torch.from_numpy(b.token_ids).long()  # noqa: E731
+    tok = lambda b: torch.from_numpy(b.token_ids).long().to(model.device)  # noqa: E731
     variants = {
         "forward (blocks only)": lambda b: blocks(tok(b)),
         "bridge forward to last mlp.hook_post": lambda b: run_through(model, tok(b), [], last_mlp),
@@ -120,8 +120,10 @@ def throughput(args) -> dict:
             # a fresh order per batch: a variant run right after an allocation-heavy one is slowed
             # by it (caches, allocator), and a fixed order would charge that to the same variant
             for name in order.sample(list(variants), len(variants)):
+                _sync(model)
                 t = time.perf_counter()
                 variants[name](b)
+                _sync(model)
                 times[name].append(time.perf_counter() - t)
     n_tok = args.batch_size * args.seq_len
     rates = {name: n_tok / statistics.median(ts) for name, ts in times.items()}
@@ -132,6 +134,12 @@ def throughput(args) -> dict:
     return rates
 
 
+def _sync(model) -> None:
+    """Wait for the device's queued work, so that the clock times it (a no-op on the CPU)."""
+    if torch.device(model.device).type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
 def lens_decode_s(args, model, config) -> float:
     """Seconds per decoded position: one window with every position sampled, against the same
     window with none (the difference is the decoding; the hooks are in both)."""
@@ -139,11 +147,14 @@ def lens_decode_s(args, model, config) -> float:
     every = Harvest(model, replace(config, lens_sample_shift=0), statistics=registry.LENS_STATISTICS)
     none = Harvest(model, replace(config, lens_sample_shift=40), statistics=registry.LENS_STATISTICS)
     with torch.no_grad():
+        _sync(model)
         t = time.perf_counter()
         none.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0)
+        _sync(model)
         t_none = time.perf_counter() - t
         t = time.perf_counter()
         every.process(int(b.seq_ids[0]), b.token_ids, b.doc_ids < 0)
+        _sync(model)
         t_every = time.perf_counter() - t
     n = int((b.doc_ids >= 0).sum())
     return (t_every - t_none) / n
@@ -195,6 +206,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="gpt2-random")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU the memory figures are skipped)")
     p.add_argument("--batches", type=int, default=12, help="timed batches, after the warm-up")
     p.add_argument("--warmup", type=int, default=16, help="harvest batches before timing starts")
     p.add_argument("--batch-size", type=int, default=8)
@@ -216,7 +228,7 @@ def main() -> None:
     rows.append(("harvest time, neurons + heads / neuron statistics only", f"{heads_cost:.3f}", ""))
     # the logit lens at the default budget: its hooks (measured) plus its decoding (seconds per
     # position, measured on one window, times the positions a token brings: 1 / 2^shift)
-    model = load_model(args.model, dtype=getattr(torch, args.dtype))
+    model = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     per_position = lens_decode_s(args, model, StatsConfig(seq_len=args.seq_len))
     t_token = 1 / rates["harvest without the logit lens"]
     hooks_cost = rates["harvest without the logit lens"] / rates["harvest, lens hooks but no position sampled"] - 1
@@ -234,7 +246,7 @@ def main() -> None:
                      "lens": {"decode_s_per_position": per_position, "hooks_cost": hooks_cost,
                               "decode_cost_default_budget": decode_cost, "observed_cost_means": observed},
                      "native_kernels": native.library() is not None}
-    if not args.skip_memory:
+    if not args.skip_memory and args.device == "cpu":  # peak RSS and store sizes: a CPU build
         m1, m4 = peak_rss(args, args.mem_batches), peak_rss(args, 4 * args.mem_batches)
         s1, _ = store_size(args, args.store_tokens)
         s4, _ = store_size(args, 4 * args.store_tokens)
@@ -250,7 +262,8 @@ def main() -> None:
             ("store growth per million tokens", f"{per_m / 2**20:,.1f} MiB", ""),
         ]
     width = max(len(r[0]) for r in rows)
-    print(f"\n{args.model}, {args.dtype}, batch {args.batch_size} x {args.seq_len}, {torch.get_num_threads()} threads, "
+    print(f"\n{args.model}, {args.dtype}, {args.device}, batch {args.batch_size} x {args.seq_len}, "
+          f"{torch.get_num_threads()} threads, "
           f"median of {args.batches} interleaved batches after {args.warmup} warm-up batches\n")
     print(f"{'':{width}}  {'tok/s or size':>14}  {'vs blocks-only':>14}")
     for name, value, ratio in rows:
