@@ -297,6 +297,20 @@ def _nan_equal(x, y) -> bool:
         return False
 
 
+def test_every_phase_after_the_harvest_says_so(tmp_path, capsys):
+    """After the harvest's bar, a build prints one numbered line per phase, in order (analyses
+    remembered from this loaded model say so)."""
+    from pipeline.analysis.registry import ANALYSES
+
+    build(params("tiny-gpt2", 256), tmp_path / "store", progress=True, model=load_model("tiny-gpt2"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mechscope: [")]
+    names = ["statistics: finalize", *(f"analysis: {a.name}" for a in ANALYSES), "corpus tables and example tokens",
+             "writing tables"]
+    assert len(lines) == len(names), lines
+    for i, (line, name) in enumerate(zip(lines, names, strict=True), 1):
+        assert line.startswith(f"mechscope: [{i}/{len(names)}] {name}"), (line, name)
+
+
 def test_manifest_and_verify(built):
     _, p, store = built
     from store import verify_store
