@@ -80,7 +80,6 @@ class TokenBatch:
         return self.first_seq * self.seq_len
 
 
-
 @dataclass
 class LayerActs:
     """One hook point's tensor on one batch, as the statistics receive it: float32, contiguous,
