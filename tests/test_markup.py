@@ -219,6 +219,17 @@ def frontend(tmp_path_factory):
                 strings.write_text(json.dumps(items))
                 page.goto(url)
                 page.get_by_text("DONE", exact=True).wait_for(timeout=30_000)
+                # "DONE" can be drawn before every earlier element is (a test run once missed K0):
+                # read again until each of the 4 x len(items) markers is there, for up to 15 s
+                deadline = time.monotonic() + 15
+                while True:
+                    rows = read()
+                    markers = {m.group(0) for inner, _ in rows if (m := re.match(r"([MWCK])(\d+)\1", inner))}
+                    if len(markers) >= 4 * len(items) or time.monotonic() > deadline:
+                        return rows
+                    page.wait_for_timeout(200)
+
+            def read() -> list:
                 return page.evaluate("""() => [...document.querySelectorAll(
                     '[data-testid="stMarkdownContainer"], [data-testid="stCaptionContainer"]')]
                     .map(e => [e.innerText, [...e.querySelectorAll('*')].map(n => n.tagName.toLowerCase()
