@@ -6,8 +6,9 @@ on tokens the model itself places near it. In smollm2-135m the nearest corpus to
 cosine of their `W_E` rows are " London", " France", " Berlin", " Barcelona", " Amsterdam", ...
 (0.61 down to 0.51 for the 32nd), so a neuron that fires on European capitals is found as
 Paris-related without a word list. Neighbours are taken among the tokens the corpus holds (BOS
-excluded), the only ones a search can match; a model with random embeddings gets cosines near 0,
-which the search's floor (`store.queries.RELATED_MIN_COSINE`) leaves out.
+excluded), the only ones a search can match; a model with random embeddings gets small cosines
+(gpt2-random: at most 0.20), which the search's floor (`store.queries.RELATED_MIN_COSINE`, 0.3)
+leaves out.
 
 Streaming part: a [d_vocab] count of each token id's non-BOS occurrences, read at block 0's
 `resid_pre` (a point the logit lens reads anyway); merging adds counts, so shards and batch size
