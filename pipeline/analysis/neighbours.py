@@ -17,14 +17,29 @@ def output_neighbours(weights, n: int = 10, chunk: int = 1024) -> tuple[np.ndarr
     """([layers * d_mlp, n] neighbour neuron indices, [layers * d_mlp, n] cosines), (layer, neuron) order."""
     ids, cos = [], []
     for W_out in weights.W_out:
-        unit = torch.nn.functional.normalize(W_out.to(torch.float32), dim=1)
-        d_mlp = unit.shape[0]
-        k = min(n, d_mlp - 1)
-        for lo in range(0, d_mlp, chunk):
-            sim = unit[lo : lo + chunk] @ unit.T  # [chunk, d_mlp]
-            rows = torch.arange(lo, min(lo + chunk, d_mlp))
-            sim[rows - lo, rows] = float("-inf")  # not its own neighbour
-            top = sim.topk(k, dim=1)
-            ids.append(top.indices.cpu())
-            cos.append(top.values.cpu())
+        layer_ids, layer_cos = nearest_rows(W_out, n, chunk)
+        ids.append(layer_ids.cpu())
+        cos.append(layer_cos.cpu())
     return torch.cat(ids).numpy().astype(np.int32), torch.cat(cos).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def nearest_rows(vectors: torch.Tensor, n: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's `n` nearest other rows of `vectors` by cosine (float32; `vectors` itself is not
+    changed): ([rows, k] row indices, [rows, k] cosines), nearest first, k = min(n, rows - 1).
+    The similarity matrix is computed `chunk` rows at a time (a fixed chunk: the same floats
+    however many rows there are)."""
+    unit = torch.nn.functional.normalize(vectors.to(torch.float32), dim=1)
+    count = unit.shape[0]
+    k = min(n, max(count - 1, 0))
+    ids, cos = [], []
+    for lo in range(0, count, chunk):
+        sim = unit[lo : lo + chunk] @ unit.T  # [chunk, rows]
+        rows = torch.arange(sim.shape[0], device=sim.device)
+        sim[rows, rows + lo] = float("-inf")  # not its own neighbour
+        top = sim.topk(k, dim=1)
+        ids.append(top.indices)
+        cos.append(top.values)
+    if not ids:
+        return unit.new_zeros((0, k), dtype=torch.int64), unit.new_zeros((0, k))
+    return torch.cat(ids), torch.cat(cos)

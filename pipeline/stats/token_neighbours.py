@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pipeline import hooks
+from pipeline.analysis.neighbours import nearest_rows
 from pipeline.stats.batch import LayerActs
 from pipeline.stats.contract import StatContext
 from pipeline.windows import decode_tokens
@@ -81,22 +82,10 @@ class TokenNeighbours:
         }
 
 
-@torch.no_grad()
 def nearest_tokens(W_E: torch.Tensor, ids: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
     """For each of `ids`, its `n` nearest others of `ids` by cosine of the `W_E` rows (a copy is
     read; the model's weights are not touched): ([len(ids), n] token ids, [len(ids), n] cosines),
     nearest first. Fewer than n columns when fewer other tokens exist."""
     ids = ids.to(W_E.device)
-    unit = torch.nn.functional.normalize(W_E.detach().index_select(0, ids).to(torch.float32), dim=1)
-    k = min(n, max(len(ids) - 1, 0))
-    out_ids, out_cos = [], []
-    for lo in range(0, len(ids), CHUNK):
-        sim = unit[lo : lo + CHUNK] @ unit.T  # [chunk, D]
-        rows = torch.arange(sim.shape[0], device=sim.device)
-        sim[rows, rows + lo] = float("-inf")  # not its own neighbour
-        top = sim.topk(k, dim=1)
-        out_ids.append(ids[top.indices].cpu())
-        out_cos.append(top.values.cpu())
-    if not out_ids:
-        return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
-    return torch.cat(out_ids).numpy().astype(np.int32), torch.cat(out_cos).numpy().astype(np.float32)
+    rows, cosines = nearest_rows(W_E.detach().index_select(0, ids), n, CHUNK)
+    return ids[rows].cpu().numpy().astype(np.int32), cosines.cpu().numpy().astype(np.float32)
