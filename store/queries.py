@@ -163,6 +163,10 @@ N_FIRES_ON = 5
 RELATED_MIN_COSINE = 0.3
 
 
+# A corpus position holds the searched token (bound: its text, normalised by `_norm`).
+_IS_THE_TOKEN = "doc_id >= 0 AND lower(trim(token)) = ?"
+
+
 def _selectivity_ctes(store: Store) -> str:
     """The CTEs of token search (one parameter, bound first: the token's text, normalised), ending
     in `scored`: per neuron with activation records on the token, how many (`fires_on_records`),
@@ -183,7 +187,7 @@ def _selectivity_ctes(store: Store) -> str:
         related += (" UNION SELECT neighbour_id FROM token_neighbours WHERE token_id IN (SELECT token_id FROM ids)"
                     f" AND cosine >= {RELATED_MIN_COSINE}")
     return f"""
-    occ AS (SELECT seq_id, pos, token_id FROM tokens WHERE doc_id >= 0 AND lower(trim(token)) = ?),
+    occ AS (SELECT seq_id, pos, token_id FROM tokens WHERE {_IS_THE_TOKEN}),
     ids AS (SELECT DISTINCT token_id FROM occ),
     related AS ({related}),
     hits AS (
@@ -235,7 +239,7 @@ def related_tokens(store: Store, token: str, n: int = 12) -> list[str]:
     rows = store.sql(
         f"""
         SELECT neighbour, max(cosine) AS c FROM token_neighbours
-        WHERE token_id IN (SELECT DISTINCT token_id FROM tokens WHERE doc_id >= 0 AND lower(trim(token)) = ?)
+        WHERE token_id IN (SELECT DISTINCT token_id FROM tokens WHERE {_IS_THE_TOKEN})
           AND cosine >= {RELATED_MIN_COSINE} AND lower(trim(neighbour)) <> ?
         GROUP BY neighbour ORDER BY c DESC, neighbour LIMIT ?
         """,

@@ -31,7 +31,7 @@ class TokenBatch:
     sample_rows: torch.Tensor  # [sampled] int64: indices into the valid rows used by histograms
     sample_keys: torch.Tensor  # [sampled] int64: min-hash keys of those rows' positions
     token_ids: torch.Tensor | None = None  # [batch pos] int64 on the model's device
-    host_bos: torch.Tensor | None = None  # [batch pos] bool on the CPU: row sets are computed from it
+    host_bos: torch.Tensor | None = None  # [batch pos] bool on the CPU, set by `build`: row sets come from it
 
     @staticmethod
     def build(first_seq: int, is_bos: torch.Tensor, sample_shift: int = 0,

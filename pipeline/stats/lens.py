@@ -52,9 +52,8 @@ def sampled_rows(batch: TokenBatch, shift: int) -> torch.Tensor:
     """Flat row indices (b * seq_len + pos) of the batch's sampled non-BOS positions, ascending;
     chosen on the host (`TokenBatch.host_bos`) and moved to the batch's device, so that a GPU is
     never asked how many there are."""
-    host = batch.host_bos if batch.host_bos is not None else batch.is_bos.cpu()
     flat = torch.arange(batch.n_seqs * batch.seq_len)
-    keep = ~host.reshape(-1)
+    keep = ~batch.host_bos.reshape(-1)
     if shift:
         spans = (flat + batch.first_seq * batch.seq_len) // SPAN
         keep &= (position_hash(spans) & ((1 << shift) - 1)) == 0
